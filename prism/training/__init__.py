@@ -1,0 +1,1 @@
+"""Lightning glue: the training modules, callbacks, checkpoint IO and the run entry point."""

@@ -1,0 +1,111 @@
+"""Encoder/decoder shapes, gradients, masking invariants and position embeddings."""
+
+import pytest
+import torch
+
+from prism.models.masking import gather_tokens, random_masking
+from prism.models.patches import patchify, token_grid, unpatchify
+from prism.models.pos_embed import resize_pos_embed_3d, sincos_pos_embed_3d
+from prism.models.pretrain_network import PretrainNetwork
+from prism.models.vit3d import VIT_PRESETS, VisionTransformer3d
+
+
+def tiny_encoder(img_size=32, patch_size=8, **kwargs):
+    return VisionTransformer3d("tiny", img_size=img_size, patch_size=patch_size, depth=2, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "img_size,patch_size",
+    [((32, 32, 32), (8, 8, 8)), ((32, 48, 16), (8, 16, 4)), ((64, 64, 64), (16, 16, 16))],
+)
+def test_encoder_shapes_for_sizes_and_anisotropic_patches(img_size, patch_size):
+    encoder = tiny_encoder(img_size, patch_size)
+    x = torch.randn(2, 1, *img_size)
+    out = encoder.forward_features(x, return_layers=(0, 1))
+    tokens = 1
+    for s, p in zip(img_size, patch_size):
+        tokens *= s // p
+    assert out["cls"].shape == (2, 192)
+    assert out["patch"].shape == (2, tokens, 192)
+    assert [t.shape for t in out["intermediate"]] == [(2, tokens, 192)] * 2
+    assert out["grid"] == tuple(s // p for s, p in zip(img_size, patch_size))
+
+
+def test_presets_have_documented_sizes():
+    assert VIT_PRESETS["base"] == {"embed_dim": 768, "depth": 12, "num_heads": 12}
+    assert set(VIT_PRESETS) == {"tiny", "small", "base", "large"}
+
+
+def test_other_input_size_interpolates_position_embedding():
+    encoder = tiny_encoder(32, 8)
+    out = encoder.forward_features(torch.randn(1, 1, 48, 40, 32))
+    assert out["patch"].shape == (1, 6 * 5 * 4, 192)
+    assert encoder.pos_embed_for((6, 5, 4)).shape == (120, 192)
+
+
+def test_pos_embed_is_fixed_and_distinct_per_token():
+    table = sincos_pos_embed_3d((4, 4, 4), 192)
+    assert table.shape == (64, 192)
+    assert torch.unique(table, dim=0).shape[0] == 64
+    assert not tiny_encoder().pos_embed.requires_grad
+    same = resize_pos_embed_3d(table, (4, 4, 4), (4, 4, 4))
+    assert torch.equal(same, table)
+
+
+def test_width_not_divisible_by_six_is_padded():
+    assert sincos_pos_embed_3d((2, 2, 2), 1024).shape == (8, 1024)
+
+
+def test_patchify_roundtrip():
+    x = torch.randn(2, 1, 16, 24, 8)
+    patches = patchify(x, (8, 8, 4))
+    assert patches.shape == (2, 2 * 3 * 2, 8 * 8 * 4)
+    assert torch.equal(unpatchify(patches, (2, 3, 2), (8, 8, 4)), x)
+
+
+def test_masking_invariants():
+    n, length, ratio = 5, 64, 0.75
+    ids_keep, mask, ids_restore = random_masking(n, length, ratio, "cpu", torch.Generator().manual_seed(0))
+    assert ids_keep.shape == (n, 16)
+    assert torch.all(mask.sum(1) == length - 16)
+    # ids_restore inverts the shuffle: kept tokens put back in place are exactly where mask == 0
+    tokens = torch.arange(length).float().repeat(n, 1).unsqueeze(-1)
+    kept = gather_tokens(tokens, ids_keep)
+    padded = torch.cat([kept, torch.full((n, length - 16, 1), -1.0)], dim=1)
+    restored = gather_tokens(padded, ids_restore)[..., 0]
+    assert torch.equal(restored[mask == 0], tokens[..., 0][mask == 0])
+    assert torch.all(restored[mask == 1] == -1)
+    # different samples get different masks
+    assert not torch.equal(mask[0], mask[1])
+
+
+def test_every_parameter_receives_a_gradient():
+    net = PretrainNetwork(tiny_encoder(), anatomy_dim=32, sequence_dim=16, decoder_dim=32, decoder_depth=1, decoder_heads=4)
+    x = torch.randn(2, 1, 32, 32, 32)
+    ids_keep, _, ids_restore = random_masking(2, 64, 0.5, "cpu")
+    feats = net.encode(x, ids_keep)
+    pred = net.decode(feats["anatomy"], feats["sequence_code"], ids_restore, feats["grid"])
+    assert pred.shape == (2, 64, 512)
+    pred.pow(2).mean().backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"preset": "huge"}, "Unknown ViT preset 'huge'"),
+        ({"img_size": 30, "patch_size": 8}, "not divisible by patch size"),
+        ({"img_size": (32, 32), "patch_size": 8}, "img_size must be"),
+        ({"embed_dim": 100, "num_heads": 3}, "divisible by num_heads"),
+    ],
+)
+def test_bad_encoder_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        VisionTransformer3d(**{"preset": "tiny", "img_size": 32, "patch_size": 8, **kwargs})
+
+
+def test_no_weight_decay_names_exist():
+    net = PretrainNetwork(tiny_encoder(), decoder_dim=32, decoder_depth=1, decoder_heads=4)
+    names = {n for n, _ in net.named_parameters()} | {n for n, _ in net.named_buffers()}
+    assert net.no_weight_decay() <= names
