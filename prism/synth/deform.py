@@ -112,7 +112,7 @@ def displace(points: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
 
 def crop_points(
     crop_size: tuple[int, int, int],
-    spacing_mm: float,
+    spacing_mm: float | list[float],
     linear: torch.Tensor,
     centre_mm: torch.Tensor,
     half_extent_mm: torch.Tensor,
@@ -122,6 +122,7 @@ def crop_points(
 
     Args:
         crop_size: output (d, h, w).
+        spacing_mm: output voxel size (one value or one per axis).
         linear: ``[B, 3, 3]`` affine linear part (mm -> mm).
         centre_mm: ``[B, 3]`` crop centre in template mm (relative to the template centre).
         half_extent_mm: ``[3]`` template half extent, ``(n - 1) / 2 * spacing``.
@@ -131,7 +132,8 @@ def crop_points(
         ``[B, d, h, w, 3]`` normalised points (D, H, W order).
     """
     device = linear.device
-    axes = [(torch.arange(n, device=device) - (n - 1) / 2) * spacing_mm for n in crop_size]
+    spacing = list(spacing_mm) if isinstance(spacing_mm, (list, tuple)) else [spacing_mm] * 3
+    axes = [(torch.arange(n, device=device) - (n - 1) / 2) * s for n, s in zip(crop_size, spacing)]
     local = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [d, h, w, 3] mm
     sign = torch.ones(linear.shape[0], 3, device=device)
     sign[:, 0] = torch.where(flip.to(device), -1.0, 1.0)

@@ -92,9 +92,24 @@ def render(
     _fill_csf_null(sampled, recipes, subjects.tissue_params.cpu()[subject_index], contrast, generator)
     family = torch.tensor([r.family_id for r in recipes])
     signal = tissue_signal(tissue, sampled, family).to(device)  # [N, C]
-    image = torch.einsum("nc,ncdhw->ndhw", signal, maps[subject_index.to(device)])
+    image = mix_channels(signal, maps, subject_index)
     sequence_ids = torch.tensor([r.sequence_id for r in recipes], dtype=torch.long)
     return Rendered(image, sampled, present, sequence_ids, names)
+
+
+def mix_channels(weights: torch.Tensor, maps: torch.Tensor, subject_index: torch.Tensor) -> torch.Tensor:
+    """``out[n] = sum_c weights[n, c] * maps[subject_index[n], c]`` -> ``[N, D, H, W]``.
+
+    When the renders are V consecutive views per subject (the usual layout) this is one
+    batched matrix product that never copies the maps.
+    """
+    b, c = maps.shape[:2]
+    n = weights.shape[0]
+    if n % b == 0 and torch.equal(subject_index, torch.arange(b).repeat_interleave(n // b)):
+        flat = maps.reshape(b, c, -1)
+        out = torch.bmm(weights.view(b, n // b, c).to(maps.dtype), flat)
+        return out.view(n, *maps.shape[2:])
+    return torch.einsum("nc,ncdhw->ndhw", weights.to(maps.dtype), maps[subject_index.to(maps.device)])
 
 
 def _fill_csf_null(
@@ -122,17 +137,17 @@ def render_gmm(
     Returns:
         ``[N, D, H, W]``: ``sum_c p_c (mean_c + std_c * eps)``, mean ~ U(gmm_mean), std ~ U(gmm_std).
     """
-    maps = subjects.tissue_maps[subject_index.to(subjects.tissue_maps.device)]
-    n, c = maps.shape[:2]
+    maps = subjects.tissue_maps
+    n, c = len(subject_index), maps.shape[1]
     lo, hi = contrast.gmm_mean
     mean = lo + (hi - lo) * torch.rand(n, c, generator=generator)
     mean[:, 0] *= (torch.rand(n, generator=generator) < 0.5).float()  # background often black
     slo, shi = contrast.gmm_std
     std = slo + (shi - slo) * torch.rand(n, c, generator=generator)
     gen = device_generator if device_generator is not None else generator
-    eps = torch.randn(maps[:, 0].shape, generator=gen, device=maps.device)
-    mixed_mean = torch.einsum("nc,ncdhw->ndhw", mean.to(maps.device), maps)
-    mixed_std = torch.einsum("nc,ncdhw->ndhw", std.to(maps.device), maps)
+    eps = torch.randn((n, *maps.shape[2:]), generator=gen, device=maps.device)
+    mixed_mean = mix_channels(mean.to(maps.device), subjects.tissue_maps, subject_index)
+    mixed_std = mix_channels(std.to(maps.device), subjects.tissue_maps, subject_index)
     return (mixed_mean + mixed_std * eps).clamp_min(0)
 
 

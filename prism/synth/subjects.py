@@ -23,6 +23,9 @@ from prism.synth.lesions import add_lesions
 from prism.synth.physics import sample_tissue_parameters
 from prism.synth.tissues import NUM_TISSUES
 
+POINT_STRIDE = 4
+"""Sampling points are computed every POINT_STRIDE voxels and upsampled trilinearly."""
+
 
 @dataclass
 class SubjectBatch:
@@ -44,9 +47,19 @@ class SubjectBatch:
 
     @property
     def labels(self) -> torch.Tensor:
-        """int64 ``[B, D, H, W]``: label of the most probable tissue per voxel."""
-        ids = torch.tensor(self.tissue_ids, device=self.tissue_maps.device)
-        return ids[self.tissue_maps.argmax(1)]
+        """int64 ``[B, D, H, W]``: label of the most probable tissue per voxel (first on ties)."""
+        cached = getattr(self, "_labels", None)
+        if cached is None or cached.shape[0] != self.tissue_maps.shape[0]:
+            # A running max over the few channels: much faster than argmax(dim=1) on CPU.
+            best = self.tissue_maps[:, 0]
+            cached = torch.full_like(best, self.tissue_ids[0], dtype=torch.long)
+            for channel in range(1, self.tissue_maps.shape[1]):
+                current = self.tissue_maps[:, channel]
+                wins = current > best
+                best = torch.where(wins, current, best)
+                cached = torch.where(wins, self.tissue_ids[channel], cached)
+            self._labels = cached
+        return cached
 
     @property
     def foreground(self) -> torch.Tensor:
@@ -142,12 +155,18 @@ class SubjectSampler:
         velocity = deform.random_velocity(
             batch, cfg.svf_control_points, cfg.svf_integration_size, cfg.svf_std_mm, half_extent, generator, device
         )
+        # The map is smooth: evaluate it on a lattice 4x coarser than the crop, then upsample
+        # (exact for the affine part; the warp is smooth on that scale), far cheaper than
+        # sampling the displacement at every voxel.
+        coarse = tuple(max(2, -(-(n - 1) // POINT_STRIDE) + 1) for n in self.crop_size)
+        coarse_spacing = [self.spacing_mm * (n - 1) / (c - 1) for n, c in zip(self.crop_size, coarse)]
         points = deform.crop_points(
-            self.crop_size, self.spacing_mm, linear.to(device), centre.to(device), half_extent.to(device), flip
+            coarse, coarse_spacing, linear.to(device), centre.to(device), half_extent.to(device), flip
         )
         if cfg.svf_std_mm[1] > 0:
             points = deform.displace(points, deform.integrate_velocity(velocity, cfg.svf_steps))
-        return points
+        points = F.interpolate(points.permute(0, 4, 1, 2, 3), size=self.crop_size, mode="trilinear", align_corners=True)
+        return points.permute(0, 2, 3, 4, 1)
 
     def sample(self, batch: int, generator: torch.Generator, device: torch.device | str = "cpu") -> SubjectBatch:
         """Draw ``batch`` new subjects.
@@ -155,14 +174,14 @@ class SubjectSampler:
         Returns:
             A :class:`SubjectBatch` with ``tissue_maps [B, C, *crop_size]`` on ``device``.
         """
-        template = self.template(device)
+        tissues = self.template(device)[:, 1:]  # background is 1 - the rest
         volume = self.anatomy.volume(self.spacing_mm)
         points = self.sample_points(batch, generator, device)
         d, h, w = self.crop_size
         stacked = points.reshape(1, batch * d, h, w, 3)  # one grid_sample for the whole batch
-        maps = deform.sample(template, stacked).view(template.shape[1], batch, d, h, w).transpose(0, 1)
-        background = (1 - maps[:, 1:].sum(1)).clamp_min(0)  # outside the template is background
-        maps = torch.cat([background[:, None], maps[:, 1:]], dim=1)
+        maps = deform.sample(tissues, stacked).view(tissues.shape[1], batch, d, h, w).transpose(0, 1)
+        background = (1 - maps.sum(1, keepdim=True)).clamp_min(0)  # outside the template too
+        maps = torch.cat([background, maps], dim=1)
         ids = volume.tissue_ids
         if self.lesions is not None and (self.lesions.wmh_probability > 0 or self.lesions.tumour_probability > 0):
             maps, ids = add_lesions(maps, ids, self.spacing_mm, self.lesions, generator)
