@@ -52,6 +52,7 @@ class ContrastConfig:
 
     field_strengths: tuple[float, ...] = (1.5, 3.0)
     tissue_relative_std: float = 0.10
+    tissue_independent_std: float = 0.04
     flair_null_jitter: Range = (0.96, 1.04)
     texture_std: Range = (0.0, 0.04)
     texture_control_points: int = 12

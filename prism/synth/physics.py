@@ -89,25 +89,30 @@ def tissue_signal(tissue_params: torch.Tensor, acq_params: torch.Tensor, family_
 
 
 def sample_tissue_parameters(
-    field_strength: torch.Tensor, relative_std: float, generator: torch.Generator
+    field_strength: torch.Tensor, relative_std: float, generator: torch.Generator, independent_std: float = 0.0
 ) -> torch.Tensor:
     """Per-subject relaxation parameters of every tissue in the table.
 
-    Each value is its field-strength centre times ``exp(N(0, relative_std))``
-    (log-normal jitter), independently per subject, tissue and parameter.
+    Each value is its field-strength centre times ``exp(s + e)``: ``s ~ N(0, relative_std)``
+    is shared by all tissues of a subject (per parameter: scanner / method / age effects
+    move GM and WM together), ``e ~ N(0, independent_std)`` is per tissue. The shared
+    part varies absolute values widely while keeping the tissue contrast order realistic.
 
     Args:
         field_strength: float ``[B]`` tesla.
-        relative_std: log-normal standard deviation (0.1 = about 10 %).
+        relative_std: log-normal std shared across tissues (0.1 = about 10 %).
         generator: CPU generator.
+        independent_std: log-normal std per tissue.
 
     Returns:
         float32 ``[B, T, 4]`` (PD, T1, T2, T2*), T = number of tissues (indexed by label).
     """
     centres = torch.stack([tissue_centres(float(f)) for f in field_strength])
-    jitter = torch.exp(relative_std * torch.randn(centres.shape, generator=generator))
-    out = centres * jitter
-    assert out.shape[1] == NUM_TISSUES
+    b, t, p = centres.shape
+    shared = relative_std * torch.randn(b, 1, p, generator=generator)
+    own = independent_std * torch.randn(b, t, p, generator=generator)
+    out = centres * torch.exp(shared + own)
+    assert t == NUM_TISSUES
     return out
 
 

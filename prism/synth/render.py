@@ -69,7 +69,7 @@ def render(
     if not isinstance(subjects, SubjectBatch):
         subjects = SubjectBatch.from_labels(
             subjects, generator, field_strengths=tuple(contrast.field_strengths),
-            tissue_relative_std=contrast.tissue_relative_std,
+            tissue_relative_std=contrast.tissue_relative_std, tissue_independent_std=contrast.tissue_independent_std,
         )
     maps = subjects.tissue_maps
     device = maps.device

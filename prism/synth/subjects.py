@@ -79,6 +79,7 @@ class SubjectBatch:
         spacing_mm: float = 1.0,
         field_strengths: tuple[float, ...] = (1.5, 3.0),
         tissue_relative_std: float = 0.1,
+        tissue_independent_std: float = 0.04,
     ) -> "SubjectBatch":
         """Wrap given label maps (label values of ``TISSUE_LABELS``) as hard tissue maps.
 
@@ -94,7 +95,8 @@ class SubjectBatch:
         lookup[list(ids)] = torch.arange(len(ids), device=labels.device)
         maps = F.one_hot(lookup[labels.long()], len(ids)).permute(0, 4, 1, 2, 3).float()
         field = sample_field_strength(labels.shape[0], field_strengths, generator)
-        params = sample_tissue_parameters(field, tissue_relative_std, generator).to(labels.device)
+        params = sample_tissue_parameters(field, tissue_relative_std, generator, tissue_independent_std)
+        params = params.to(labels.device)
         return cls(maps, ids, field.to(labels.device), params, spacing_mm)
 
 
@@ -186,5 +188,7 @@ class SubjectSampler:
         if self.lesions is not None and (self.lesions.wmh_probability > 0 or self.lesions.tumour_probability > 0):
             maps, ids = add_lesions(maps, ids, self.spacing_mm, self.lesions, generator)
         field = sample_field_strength(batch, tuple(self.contrast.field_strengths), generator)
-        params = sample_tissue_parameters(field, self.contrast.tissue_relative_std, generator)
+        params = sample_tissue_parameters(
+            field, self.contrast.tissue_relative_std, generator, self.contrast.tissue_independent_std
+        )
         return SubjectBatch(maps.contiguous(), ids, field.to(device), params.to(device), self.spacing_mm)
