@@ -95,7 +95,7 @@ class SynthGenerator:
             image, foreground, cfg.artefacts.normalise_percentile, cfg.artefacts.clip_max
         )
         image = artefacts.random_gamma(image, cfg.artefacts.gamma_log_std, generator)
-        return rendered, image
+        return rendered, image.clamp_(0, cfg.artefacts.clip_max)
 
     def generate(
         self,

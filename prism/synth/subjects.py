@@ -90,10 +90,10 @@ class SubjectBatch:
             raise ValueError(f"labels must be an integer tensor [B, D, H, W], got {labels.dtype} {tuple(labels.shape)}.")
         if int(labels.min()) < 0 or int(labels.max()) >= NUM_TISSUES:
             raise ValueError(f"labels hold values outside the tissue table 0..{NUM_TISSUES - 1}.")
-        ids = tuple(sorted(set(torch.unique(labels).tolist()) | {0}))
-        lookup = torch.full((NUM_TISSUES,), -1, dtype=torch.long, device=labels.device)
-        lookup[list(ids)] = torch.arange(len(ids), device=labels.device)
-        maps = F.one_hot(lookup[labels.long()], len(ids)).permute(0, 4, 1, 2, 3).float()
+        present = torch.bincount(labels.flatten().long(), minlength=NUM_TISSUES) > 0  # O(n), no sort
+        ids = tuple(sorted(set(present.nonzero()[:, 0].tolist()) | {0}))
+        values = torch.tensor(ids, device=labels.device).view(1, -1, 1, 1, 1)
+        maps = (labels[:, None] == values).float()  # one-hot [B, C, D, H, W]
         field = sample_field_strength(labels.shape[0], field_strengths, generator)
         params = sample_tissue_parameters(field, tissue_relative_std, generator, tissue_independent_std)
         params = params.to(labels.device)
@@ -181,9 +181,12 @@ class SubjectSampler:
         points = self.sample_points(batch, generator, device)
         d, h, w = self.crop_size
         stacked = points.reshape(1, batch * d, h, w, 3)  # one grid_sample for the whole batch
-        maps = deform.sample(tissues, stacked).view(tissues.shape[1], batch, d, h, w).transpose(0, 1)
-        background = (1 - maps.sum(1, keepdim=True)).clamp_min(0)  # outside the template too
-        maps = torch.cat([background, maps], dim=1)
+        sampled = deform.sample(tissues, stacked).view(tissues.shape[1], batch, d, h, w).transpose(0, 1)
+        maps = sampled.new_empty(batch, 1 + tissues.shape[1], d, h, w)
+        maps[:, 1:] = sampled
+        del sampled
+        torch.sum(maps[:, 1:], dim=1, out=maps[:, 0])
+        maps[:, 0].neg_().add_(1).clamp_(min=0)  # background = 1 - tissues, also outside the template
         ids = volume.tissue_ids
         if self.lesions is not None and (self.lesions.wmh_probability > 0 or self.lesions.tumour_probability > 0):
             maps, ids = add_lesions(maps, ids, self.spacing_mm, self.lesions, generator)
