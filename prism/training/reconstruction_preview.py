@@ -15,6 +15,9 @@ from prism.sequences import SEQUENCE_TYPES
 from prism.visualization import mid_slice, save_image_grid
 
 
+AXIAL = 2  # volumes are RAS (axis 2 = inferior-superior): slicing it gives axial images
+
+
 def reconstruction_panels(step: PretrainStep, norm_pix: bool, max_volumes: int = 4) -> tuple[list[list[np.ndarray]], list[str], list[str]]:
     """Rows = volumes; columns = input, masked input, reconstruction, reconstruction pasted into visible input,
     and (with two or more views) the swap: view 0's anatomy rendered with view 1's sequence code, next to view 1."""
@@ -32,9 +35,9 @@ def reconstruction_panels(step: PretrainStep, norm_pix: bool, max_volumes: int =
     pasted = to_volume(target * (1 - mask) + pred * mask)
     rows, labels = [], []
     for i in range(n):
-        rows.append([mid_slice(v[i]) for v in (inputs, masked, recon, pasted)])
+        rows.append([mid_slice(v[i], axis=AXIAL) for v in (inputs, masked, recon, pasted)])
         seq = int(step.sequence_id[i])
-        labels.append(f"{step.subject_id[i // step.num_views] if step.subject_id else i} {SEQUENCE_TYPES[seq] if seq >= 0 else '?'}")
+        labels.append(f"subject {i // step.num_views}, {SEQUENCE_TYPES[seq] if seq >= 0 else '?'}")
     columns = ["input", "masked", "reconstruction", "recon + visible"]
     if step.num_views >= 2:
         with torch.no_grad():
@@ -42,8 +45,8 @@ def reconstruction_panels(step: PretrainStep, norm_pix: bool, max_volumes: int =
             swap = step.network.decode(anatomy[0:1], code[1:2], step.ids_restore[0:1], step.grid).float()
             if norm_pix:
                 swap = MaskedReconstruction(norm_pix_loss=True).to_image_space(swap, step.target[1:2].float())
-        rows.append([mid_slice(to_volume(step.target[0:1].float())[0]), None, mid_slice(to_volume(swap)[0]), mid_slice(inputs[1])])
-        labels.append("swap")
+        rows.append([mid_slice(inputs[0], axis=AXIAL), None, mid_slice(to_volume(swap)[0], axis=AXIAL), mid_slice(inputs[1], axis=AXIAL)])
+        labels.append("swap: row 1 anatomy\n+ row 2 sequence")
     return rows, labels, columns
 
 
@@ -66,7 +69,7 @@ class ReconstructionPreview(L.Callback):
         objective = pl_module.objectives["masked_reconstruction"] if "masked_reconstruction" in pl_module.objectives else None
         rows, labels, columns = reconstruction_panels(step, bool(getattr(objective, "norm_pix_loss", False)), self.max_volumes)
         path = save_image_grid(rows, self.out_dir / f"step_{trainer.global_step:07d}.png", labels, columns,
-                               title=f"step {trainer.global_step}: mid axial slices")
+                               title=f"step {trainer.global_step}: mid axial slices (swap row: 4th column is the target)")
         for logger in trainer.loggers:
             log_image = getattr(logger, "log_image", None)  # WandbLogger
             if callable(log_image):
