@@ -88,7 +88,7 @@ def separation_report(features: dict[str, torch.Tensor]) -> dict[str, float]:
         rows = features["acq_present"][:, p]
         if bool((rows & train).sum() > 2) and bool((rows & test).any()):
             target = features["acq_params"][:, p].clamp_min(1e-6).log()
-            predicted = ridge_fit_predict(code[rows & train], target[rows & train].unsqueeze(1), code[rows & test])[:, 0]
+            predicted = ridge_fit_predict(code[rows & train], target[rows & train].unsqueeze(1), code[rows & test], l2=1e-2)[:, 0]
             report[key] = float(((predicted.exp() - target[rows & test].exp()).abs() / target[rows & test].exp()).median())
     return report
 
