@@ -85,9 +85,11 @@ def resolution(
 
     With probability ``config.probability`` a view is degraded: either coarse isotropic
     voxels ``U(isotropic_mm)`` (p = isotropic_probability) or thick slices ``U(slice_mm)``
-    along one random axis, slice thickness = spacing x ``U(thickness_ratio)``,
-    Gaussian slice profile sigma = 0.75 x thickness / 2.355 FWHM-style. Every view also
-    gets a baseline blur ``U(partial_volume_sigma_vox)``.
+    along one random axis. The slice profile is a Gaussian whose FWHM is the slice
+    thickness (slice spacing x ``U(thickness_ratio)``; sigma = FWHM / 2.355); the view is
+    then sampled on the coarse lattice (random phase) and linearly interpolated back.
+    Every view also gets a baseline partial-volume blur ``U(partial_volume_sigma_vox)``.
+    Spacings at or below ``spacing_mm`` leave an axis untouched.
     """
     n_views = image.shape[0]
     degrade = torch.rand(n_views, generator=generator) < config.probability

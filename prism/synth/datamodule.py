@@ -26,6 +26,7 @@ from prism.synth.config import SynthConfig
 from prism.synth.generator import SynthGenerator
 
 DESCRIPTOR_KEY = "synth_seed"
+PREFIX_KEY = "synth_prefix"
 GENERATE_ON = ("worker", "device")
 
 
@@ -61,7 +62,7 @@ class SynthStream(BatchStream):
     def make_batch(self, index: int, generator: torch.Generator) -> dict[str, Any]:
         if self.descriptors_only:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            return {DESCRIPTOR_KEY: torch.tensor([seed], dtype=torch.long), "synth_prefix": self.subject_prefix(index)}
+            return {DESCRIPTOR_KEY: torch.tensor([seed], dtype=torch.long), PREFIX_KEY: self.subject_prefix(index)}
         return self.generator.generate(
             self.batch_size, self.num_views, generator, "cpu", subject_prefix=self.subject_prefix(index)
         )
@@ -115,6 +116,7 @@ class SynthDataModule(StreamDataModule):
         if len(crop) != 3:
             raise ValueError(f"crop_size must be a list of 3 ints, got {list(crop_size)}.")
         self.batch_size, self.num_views, self.generate_on = int(batch_size), int(num_views), generate_on
+        self.crop_size, self.spacing_mm = crop, float(spacing_mm)
         self.config = SynthConfig.from_dict(
             sequences=sequences, deformation=deformation, lesions=lesions, contrast=contrast,
             artefacts=artefacts, resolution=resolution,
@@ -134,13 +136,18 @@ class SynthDataModule(StreamDataModule):
         return batch
 
     def generate_from_descriptor(self, descriptor: dict[str, Any]) -> dict[str, Any]:
-        """Turn a descriptor batch into the full batch, on the descriptor's device."""
+        """Turn a descriptor batch into the full batch, on the descriptor's device.
+
+        Keys other than the descriptor's own (e.g. a mixture's ``source``) are kept.
+        """
         seed_tensor = descriptor[DESCRIPTOR_KEY]
         generator = torch.Generator().manual_seed(int(seed_tensor.reshape(-1)[0].item()))
-        return self.generator.generate(
+        batch = self.generator.generate(
             self.batch_size, self.num_views, generator, seed_tensor.device,
-            subject_prefix=str(descriptor.get("synth_prefix", "synth")),
+            subject_prefix=str(descriptor.get(PREFIX_KEY, "synth")),
         )
+        batch.update({k: v for k, v in descriptor.items() if k not in (DESCRIPTOR_KEY, PREFIX_KEY)})
+        return batch
 
 
 def build_anatomy(spec: Mapping[str, Any] | None) -> Anatomy:
