@@ -3,7 +3,7 @@
 ``build_tree(root)`` writes:
 
 * ``bids/``: a BIDS dataset ("Demo Study") with a top-level ``T1w.json`` inherited by every
-  T1w image; ``sub-01/ses-1`` with T1w (1.5 mm), FLAIR (sidecar in milliseconds, coarser
+  T1w image; ``sub-01/ses-1`` with T1w (larger field of view), FLAIR (sidecar in milliseconds, coarser
   slices, same world space) and T2w (sidecar with wrong types); ``sub-02`` (no session)
   with a T1w and a T2w; ``sub-03`` with a 4D "T1w" and a truncated (corrupt) T2w; a
   ``func`` BOLD run and a ``derivatives`` folder (both skipped).
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 CONTRAST = {"T1w": (900.0, 400.0, 150.0), "T2w": (300.0, 500.0, 1000.0), "FLAIR": (500.0, 700.0, 50.0)}
 
@@ -80,7 +81,7 @@ def build_tree(root: Path) -> dict[str, Path]:
     (bids / "T1w.json").write_text(json.dumps({"MagneticFieldStrength": 3, "Manufacturer": "Siemens", "BodyPartExamined": "BRAIN"}))
     s1 = bids / "sub-01" / "ses-1" / "anat"
     paths = {"bids": bids, "plain": root / "plain"}
-    paths["t1"] = write_image(s1 / "sub-01_ses-1_T1w.nii.gz", (40, 48, 36), (2.0, 2.0, 2.0), "T1w", seed=1,
+    paths["t1"] = write_image(s1 / "sub-01_ses-1_T1w.nii.gz", (50, 56, 44), (2.0, 2.0, 2.0), "T1w", seed=1,
                               sidecar={"RepetitionTime": 2.3, "EchoTime": 0.003, "InversionTime": 0.9, "FlipAngle": 9})
     paths["flair"] = write_image(s1 / "sub-01_ses-1_FLAIR.nii.gz", (40, 48, 18), (2.0, 2.0, 4.0), "FLAIR", seed=2,
                                  sidecar={"RepetitionTime": 9000, "EchoTime": 81, "InversionTime": 2500, "MagneticFieldStrength": 3})
@@ -109,3 +110,22 @@ def build_tree(root: Path) -> dict[str, Path]:
     write_image(plain / "patient_A" / "seg.nii.gz", (36, 40, 32), (2.0, 2.0, 2.0), "T1w", dtype=np.uint8)
     paths["b_flair"] = write_image(plain / "patient_B" / "FLAIR.nii.gz", (36, 40, 32), (2.0, 2.0, 2.0), "FLAIR", seed=10)
     return paths
+
+
+@pytest.fixture(scope="session")
+def data_tree(tmp_path_factory) -> dict[str, Path]:
+    """The tree of :func:`build_tree` plus its manifest (``paths['manifest']``), built once per test session."""
+    from prism.data.scan import build_manifest
+
+    root = tmp_path_factory.mktemp("mri")
+    paths = build_tree(root)
+    paths["manifest"] = root / "manifest.parquet"
+    build_manifest([str(paths["bids"]), str(paths["plain"])], paths["manifest"])
+    return paths
+
+
+def by_id(frame, suffix: str) -> dict:
+    """The manifest row whose volume_id ends with ``suffix``."""
+    rows = frame[frame["volume_id"].str.endswith(suffix)]
+    assert len(rows) == 1, f"{suffix}: {list(rows['volume_id'])}"
+    return rows.iloc[0].to_dict()

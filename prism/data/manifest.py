@@ -90,12 +90,19 @@ def conform_columns(frame: pd.DataFrame) -> pd.DataFrame:
     for column in TEXT_COLUMNS:
         if column not in frame:
             frame[column] = ""
-        frame[column] = frame[column].fillna("").astype(str).replace({"nan": "", "None": ""})
+        frame[column] = [_text(v) for v in frame[column]]
     for column in NUMERIC_COLUMNS:
         if column not in frame:
             frame[column] = np.nan
     extra = [c for c in frame.columns if c not in MANIFEST_COLUMNS]
     return frame[list(MANIFEST_COLUMNS) + extra].reset_index(drop=True)
+
+
+def _text(value: object) -> str:
+    """A cell as text: missing values (None, NaN) become ''."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
 
 
 def make_volume_id(dataset: str, relative_path: str) -> str:

@@ -262,6 +262,8 @@ def build_manifest(
         The manifest (absolute paths).
     """
     out = Path(out)
+    if out.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"Output manifest {out} must end in .parquet or .csv.")
     parts = PartWriter(out.with_name(out.name + ".parts"), key="path")
     if overwrite:
         parts.remove()
