@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name == name:  # area not built yet: skip it, keep the others
+            if err.name and name.startswith(err.name):  # area (or its package) not installed: skip it
                 continue
             raise
         module.add_commands(subparsers)

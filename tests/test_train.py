@@ -90,6 +90,12 @@ def test_fast_dev_run_and_resume_continue_the_step_count(tmp_path):
     assert datamodule.batches_consumed == 5
     assert torch.load(last, weights_only=True)["global_step"] == 5
 
+    from prism.cli import main as prism_cli
+
+    report = tmp_path / "separation.json"
+    assert prism_cli(["evaluate", str(last), "--subjects", "4", "--out", str(report)]) == 0
+    assert "sequence_acc_from_anatomy" in report.read_text()
+
 
 def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, f"paths.log_dir={cwd}"],
