@@ -6,7 +6,7 @@ window, encode every view without masking and report:
 * ``sequence_acc_from_sequence``: linear-probe accuracy of the sequence type from the
   sequence code (should be high) and ``sequence_acc_from_anatomy`` from pooled anatomy
   tokens (should fall to ``sequence_chance``), probes trained and tested on disjoint subjects;
-* ``anatomy_cos_same_subject``: token-wise cosine of anatomy features between two
+* ``anatomy_cos_same_subject``: token-wise cosine of (channel-centred) anatomy features between two
   sequences of ONE subject, vs ``anatomy_cos_same_sequence``: between two subjects under
   the SAME sequence. Sequence-invariant anatomy has the first above the second;
 * ``subject_retrieval``: for each view, is its nearest neighbour (anatomy tokens, cosine)
@@ -60,6 +60,8 @@ def _mean_offdiagonal_cosine(a: torch.Tensor, b: torch.Tensor, pairs: torch.Tens
 def separation_report(features: dict[str, torch.Tensor]) -> dict[str, float]:
     """All measures from :func:`collect_features` output (needs >= 4 subjects with >= 2 sequences)."""
     anatomy, code, seq, subject = features["anatomy"], features["code"], features["sequence_id"], features["subject"]
+    # centre per channel: a component shared by every token says nothing about subject or sequence
+    anatomy = anatomy - anatomy.mean(dim=(0, 1), keepdim=True)
     subjects = subject.unique()
     if len(subjects) < 4:
         raise ValueError(f"separation_report needs at least 4 held-out subjects, got {len(subjects)}.")
