@@ -168,3 +168,31 @@ def test_shards_split_sessions_without_overlap(data_tree, tmp_path):
         parse_shard("5")
     with pytest.raises(ValueError, match="0 <= i < n"):
         parse_shard("5/5")
+
+
+@pytest.mark.parametrize(
+    "diagonal, shift, shape",
+    [
+        ((-1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (20, 24, 18)),  # flip only: pure slicing
+        ((2.0, 1.0, -2.0), (1.0, -3.0, 0.0), (12, 30, 10)),  # integer strides and shifts, partly outside
+        ((2.0, 0.7, 1.0), (0.5, 2.25, -4.0), (11, 40, 26)),  # slicing on some axes, interpolation on others
+    ],
+)
+def test_separable_resampling_matches_trilinear_reference(diagonal, shift, shape):
+    from scipy import ndimage
+
+    from prism.data.resample import Grid
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(20, 24, 18)).astype(np.float32)
+    affine = np.eye(4)
+    mapping = np.eye(4)  # output voxel -> source voxel
+    mapping[:3, :3] = np.diag(diagonal)
+    mapping[:3, 3] = [s if d > 0 else n - 1 + s for d, s, n in zip(diagonal, shift, data.shape)]
+    fast = resample(data, affine, Grid(mapping, shape))
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), 0).reshape(3, -1)
+    coords = mapping[:3, :3] @ ijk + mapping[:3, 3:]
+    inside = np.all((coords >= -1e-4) & (coords <= np.array(data.shape)[:, None] - 1 + 1e-4), axis=0)
+    reference = np.where(inside, ndimage.map_coordinates(data, coords, order=1, mode="nearest"), 0.0).reshape(shape)
+    assert fast.dtype == np.float32 and fast.shape == shape
+    assert np.allclose(fast, reference, atol=1e-5)

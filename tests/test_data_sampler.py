@@ -11,7 +11,7 @@ from test_data_fixtures import data_tree  # noqa: F401
 from prism.data.batch import validate_batch
 from prism.data.datamodule import ManifestDataModule
 from prism.data.manifest import read_manifest, write_manifest
-from prism.data.sampler import build_table
+from prism.data.sampler import ManifestBatchStream, build_table
 from prism.data.store import open_array
 from prism.sequences import ACQUISITION_PARAMETERS, SEQUENCE_TYPES
 
@@ -137,3 +137,17 @@ def test_clear_errors(data_tree, tmp_path):
     write_manifest(manifest, tmp_path / "moved.parquet")
     with pytest.raises(FileNotFoundError, match="data.data_root"):
         ManifestDataModule(str(tmp_path / "moved.parquet"), store=str(tmp_path / "s2")).prepare_data()
+
+
+def test_windows_larger_than_the_volume_are_zero_padded(datamodule):
+    table = datamodule.tables["train"]
+    shape = tuple(int(n) for n in table.shapes[0])
+    crop = tuple(n + 6 for n in shape)
+    stream = ManifestBatchStream(table, batch_size=1, crop_size=crop, num_views=1)
+    out = torch.full(crop, float("nan"))  # read_crop must overwrite every voxel
+    stream.read_crop(0, (-2, -3, -6), out)
+    expected = torch.zeros(crop)
+    expected[2 : 2 + shape[0], 3 : 3 + shape[1], 6 : 6 + shape[2]] = torch.from_numpy(np.asarray(open_array(table.files[0]), dtype=np.float32))
+    assert torch.equal(out, expected)
+    batch = stream.make_batch(0, stream.generator_for(0))
+    assert torch.isfinite(batch["image"]).all() and batch["image"].shape == (1, 1, *crop)

@@ -87,12 +87,9 @@ def resample(data: np.ndarray, affine: np.ndarray, grid: Grid) -> np.ndarray:
     permutation = _axis_permutation(linear)
     if permutation is None:
         return ndimage.affine_transform(data, linear, offset=offset, output_shape=grid.shape, order=1, mode="constant", cval=0.0, prefilter=False)
-    # output axis j reads source axis permutation[j] with coordinate scale * index + offset
-    out = np.transpose(data, permutation)
-    for axis, source_axis in enumerate(permutation):
-        scale = linear[source_axis, axis]
-        out = _interpolate_axis(out, scale * np.arange(grid.shape[axis]) + offset[source_axis], axis)
-    return np.ascontiguousarray(out)
+    # output axis j reads source axis permutation[j] at coordinate scale * index + offset
+    coordinates = [linear[s, j] * np.arange(grid.shape[j]) + offset[s] for j, s in enumerate(permutation)]
+    return _separable(np.transpose(data, permutation), coordinates, grid.shape)
 
 
 def _axis_permutation(linear: np.ndarray, tolerance: float = 1e-6) -> tuple[int, int, int] | None:
@@ -108,27 +105,47 @@ def _axis_permutation(linear: np.ndarray, tolerance: float = 1e-6) -> tuple[int,
     return tuple(int(s) for s in source)  # type: ignore[return-value]
 
 
-def _interpolate_axis(data: np.ndarray, coordinates: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation of ``data`` along ``axis`` at fractional ``coordinates`` (0 outside)."""
-    n = data.shape[axis]
-    inside = (coordinates >= -1e-4) & (coordinates <= n - 1 + 1e-4)
-    nearest = np.round(coordinates)
-    if np.allclose(coordinates, nearest, atol=1e-4):  # integer shift / flip: plain indexing
-        index = np.clip(nearest.astype(np.intp), 0, n - 1)
-        out = np.take(data, index, axis=axis)
-    else:
-        clipped = np.clip(coordinates, 0, n - 1)
-        low = np.minimum(np.floor(clipped).astype(np.intp), max(n - 2, 0))
+def _separable(data: np.ndarray, coordinates: list[np.ndarray], shape: tuple[int, int, int]) -> np.ndarray:
+    """Resample ``data`` (axes already matched to the output) axis by axis.
+
+    Axes whose coordinates are integers (flips, shifts, integer strides) become slices of a
+    view, at no cost; the remaining axes are interpolated linearly one after the other on a
+    contiguous copy (two gathers per axis). Output voxels outside the source are 0.
+    """
+    out = np.zeros(shape, np.float32)
+    index, placement, interpolate = [], [], []
+    for axis, coords in enumerate(coordinates):
+        n = data.shape[axis]
+        valid = np.flatnonzero((coords >= -1e-4) & (coords <= n - 1 + 1e-4))
+        if valid.size == 0:
+            return out
+        j0, j1 = int(valid[0]), int(valid[-1]) + 1
+        placement.append(slice(j0, j1))
+        coords = np.clip(coords[j0:j1], 0, n - 1)
+        rounded = np.round(coords)
+        step = rounded[1] - rounded[0] if coords.size > 1 else 1.0
+        if np.allclose(coords, rounded, atol=1e-4) and step != 0 and np.allclose(np.diff(rounded), step):
+            first, step = int(rounded[0]), int(step)
+            stop = first + step * coords.size
+            index.append(slice(first, stop if stop >= 0 else None, step))
+        else:
+            index.append(slice(None))
+            interpolate.append((axis, coords))
+    current = data[tuple(index)]
+    if interpolate:
+        current = np.ascontiguousarray(current)  # gathers along any axis of a C-ordered array copy whole runs
+    for axis, coords in interpolate:
+        n = current.shape[axis]
+        low = np.minimum(np.floor(coords).astype(np.intp), max(n - 2, 0))
         high = np.minimum(low + 1, n - 1)
         shape = [1, 1, 1]
         shape[axis] = -1
-        weight = (clipped - low).astype(np.float32).reshape(shape)
-        below = np.take(data, low, axis=axis)
-        out = below + (np.take(data, high, axis=axis) - below) * weight
-    if not inside.all():
-        index = [slice(None)] * 3
-        index[axis] = ~inside
-        out[tuple(index)] = 0.0
+        weight = (coords - low).astype(np.float32).reshape(shape)
+        result = np.take(current, low, axis=axis)
+        result *= 1.0 - weight
+        result += np.take(current, high, axis=axis) * weight
+        current = result
+    out[tuple(placement)] = current
     return out
 
 
@@ -165,11 +182,16 @@ def foreground_box(data: np.ndarray, margin_voxels: int = 4, threshold: float = 
 
 
 def _block_mean(data: np.ndarray) -> np.ndarray:
-    even = data[: data.shape[0] // 2 * 2, : data.shape[1] // 2 * 2, : data.shape[2] // 2 * 2]
-    if min(even.shape) == 0:
+    """Means of 2x2x2 blocks (a trailing odd voxel is dropped), as a sum of 8 strided views."""
+    size = [n // 2 * 2 for n in data.shape]
+    if min(size) == 0:
         return data.astype(np.float32)
-    s = even.shape
-    return even.reshape(s[0] // 2, 2, s[1] // 2, 2, s[2] // 2, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+    total = np.zeros([n // 2 for n in size], np.float32)
+    for i in (0, 1):
+        for j in (0, 1):
+            for k in (0, 1):
+                total += data[i : size[0] : 2, j : size[1] : 2, k : size[2] : 2]
+    return total * 0.125
 
 
 NORMALIZATIONS = ("percentile", "zscore", "none")
