@@ -90,7 +90,7 @@ def read_checkpoint(source: str | os.PathLike, architecture: dict[str, Any] | No
     Args:
         source: ``.ckpt`` of a pretraining run, an export folder, or a state-dict file.
         architecture: encoder config (``VisionTransformer3d`` arguments) for sources that do
-            not describe themselves; when the source does, they must agree.
+            not describe themselves (ignored for those that do: their weights define it).
 
     Raises:
         FileNotFoundError: no such file or folder.
@@ -133,27 +133,16 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _with_architecture(metadata: dict[str, Any], architecture: dict[str, Any] | None, path: Path) -> dict[str, Any]:
-    """Fill ``metadata['encoder']`` from ``architecture`` or check that the two agree."""
+    """Use the checkpoint's own architecture; ``architecture`` only fills in for sources without one."""
+    if metadata.get("encoder") is not None:
+        return metadata
     given = {k: v for k, v in (architecture or {}).items() if k in ARCHITECTURE_KEYS and v is not None}
-    stored = metadata.get("encoder")
-    if stored is None:
-        if not given:
-            raise CheckpointError(
-                f"{path} does not describe its architecture (no prism metadata). Pass the encoder config "
-                f"(architecture=... in Python, model.encoder.* in the config), or use a pretraining .ckpt / `prism export` folder."
-            )
-        return {**metadata, "encoder": given}
-    for key in ("embed_dim", "depth", "num_heads", "patch_size", "in_chans"):
-        if key in given and _normalised(given[key]) != _normalised(stored.get(key)):
-            raise CheckpointError(
-                f"{path} was trained with encoder {key}={stored.get(key)} but {key}={given[key]} was asked for. "
-                f"Drop the architecture override (the checkpoint describes itself) or pick the matching checkpoint."
-            )
-    return metadata
-
-
-def _normalised(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
+    if not given:
+        raise CheckpointError(
+            f"{path} does not describe its architecture (no prism metadata). Pass the encoder config "
+            f"(architecture=... in Python, model.encoder.* in the config), or use a pretraining .ckpt / `prism export` folder."
+        )
+    return {**metadata, "encoder": given}
 
 
 def filter_encoder_state(state: dict[str, torch.Tensor], source: str) -> tuple[dict, dict, LoadReport]:
