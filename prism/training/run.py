@@ -126,5 +126,6 @@ def train(cfg: DictConfig, datamodule: L.LightningDataModule, module: L.Lightnin
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    log.info("Finished at step %d; run directory %s", trainer.global_step, output_dir)
+    log.info("Rank %d of %d finished at step %d; run directory %s", trainer.global_rank, trainer.world_size,
+             trainer.global_step, output_dir)
     return metrics
