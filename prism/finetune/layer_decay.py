@@ -1,8 +1,8 @@
 """Layer-wise learning-rate decay for fine-tuning a ViT (BEiT, MAE fine-tuning; timm ``param_groups_layer_decay``).
 
-Layer ids: the stem (patch embedding, class token) is 0, block ``i`` is ``i + 1``, and
-everything after the last block (final norm, anatomy projection, heads, decoder) is
-``depth + 1``. A parameter of layer ``l`` trains at ``lr * layer_decay ** (depth + 1 - l)``:
+Layer ids: the stem (patch embedding, class token) is 0, block ``i`` is ``i + 1``, the rest
+of the backbone (final norm, anatomy projection) shares the last block's id ``depth``, and
+everything outside the backbone (heads, decoder) is ``depth + 1``. A parameter of layer ``l`` trains at ``lr * layer_decay ** (depth + 1 - l)``:
 the head at the full rate, the early blocks at a small fraction of it. ``layer_decay=1``
 is plain fine-tuning; a small value (e.g. 0.3) keeps the pretrained encoder close to where
 it started, which is what preserves sequence invariance when fine-tuning on one sequence.
@@ -17,6 +17,7 @@ from torch import nn
 
 BLOCK_PATTERN = re.compile(r"(?:^|\.)encoder\.blocks\.(\d+)\.")
 STEM_PATTERN = re.compile(r"(?:^|\.)encoder\.(patch_embed|cls_token|pos_embed)")
+BACKBONE_PREFIX = "backbone."
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -26,6 +27,8 @@ def layer_id(name: str, depth: int) -> int:
         return int(block.group(1)) + 1
     if STEM_PATTERN.search(name):
         return 0
+    if name.startswith(BACKBONE_PREFIX):
+        return depth
     return depth + 1
 
 
