@@ -90,6 +90,9 @@ def test_suite_plans_tasks_x_seeds_x_inits_with_checkpoints_filled_in(tmp_path):
         ("tissue_5", 0, "scratch"), ("tissue_5", 0, "pretrained_full"), ("tissue_5", 1, "scratch"), ("tissue_5", 1, "pretrained_full")]
     assert runs[1].overrides == ("logger=csv", "data.train_subjects=5", f"finetune.checkpoint={ckpt.resolve()}", "seed=0")
     assert runs[3].relative_dir == Path("runs/tissue_5/pretrained_full/seed1")
+    tasks = {"tissue_5": {"experiment": "finetune_seg"}, "frozen": {"experiment": "finetune_seg", "inits": ["pretrained_full"]}}
+    subset = Suite.load(write_suite(tmp_path / "s.yaml", tasks=tasks), {"pretrained_full": str(ckpt)})
+    assert [(r.task, r.init) for r in subset.runs(["frozen"])] == [("frozen", "pretrained_full")] * 2
 
 
 @pytest.mark.parametrize(
@@ -101,6 +104,7 @@ def test_suite_plans_tasks_x_seeds_x_inits_with_checkpoints_filled_in(tmp_path):
         ({"seed": [0]}, {}, ValueError, "unknown keys ['seed']"),
         ({"tasks": {"t": {"overrides": []}}}, {}, ValueError, "needs an 'experiment'"),
         ({"seeds": []}, {}, ValueError, "'seeds' is missing or empty"),
+        ({"tasks": {"t": {"experiment": "finetune_seg", "inits": ["imagenet"]}}}, {}, ValueError, "lists inits ['imagenet']"),
     ],
 )
 def test_bad_suites_name_the_problem(tmp_path, changes, checkpoints, error, message):

@@ -3,7 +3,7 @@
 A suite (``conf/benchmark/<name>.yaml``) lists:
 
 * ``tasks``: name -> ``experiment`` (a ``conf/experiment/finetune_*.yaml``) + Hydra overrides
-  (which data, how many labelled subjects...);
+  (which data, how many labelled subjects...) + optionally the ``inits`` to run (default all);
 * ``inits``: name -> Hydra overrides (``scratch``, ``pretrained_mae``, ``pretrained_full``);
   they may interpolate ``${checkpoints.<name>}``, filled from ``--checkpoint NAME=PATH``;
 * ``seeds``, ``overrides`` shared by every run, ``metrics`` shown in the Markdown table.
@@ -100,7 +100,12 @@ class Suite:
         for name, entry in raw.tasks.items():
             if not entry or "experiment" not in entry:
                 raise ValueError(f"Suite {path.name}: task {name!r} needs an 'experiment' (a conf/experiment/finetune_*.yaml).")
-            tasks[str(name)] = {"experiment": str(entry.experiment), "overrides": [str(o) for o in entry.get("overrides") or []]}
+            task_inits = [str(i) for i in entry.get("inits") or raw.inits.keys()]
+            unknown_inits = set(task_inits) - set(raw.inits.keys())
+            if unknown_inits:
+                raise ValueError(f"Suite {path.name}: task {name!r} lists inits {sorted(unknown_inits)}; the suite has {list(raw.inits.keys())}.")
+            tasks[str(name)] = {"experiment": str(entry.experiment), "overrides": [str(o) for o in entry.get("overrides") or []],
+                                "inits": task_inits}
         try:
             inits = {name: [str(o) for o in overrides] for name, overrides in raw.inits.items()}
         except Exception as err:  # omegaconf MissingMandatoryValue for an unfilled ${checkpoints.x}
@@ -127,8 +132,8 @@ class Suite:
             if only_tasks and task not in only_tasks:
                 continue
             for seed in self.seeds:
-                for init, init_overrides in self.inits.items():
-                    overrides = (*self.overrides, *entry["overrides"], *init_overrides, f"seed={seed}")
+                for init in entry["inits"]:
+                    overrides = (*self.overrides, *entry["overrides"], *self.inits[init], f"seed={seed}")
                     planned.append(BenchmarkRun(task, init, seed, entry["experiment"], tuple(overrides)))
         return planned
 
@@ -238,7 +243,7 @@ def write_tables(suite: Suite, out: Path, records: list[dict[str, Any]], failure
     lines = [
         f"# Benchmark suite `{suite.name}`", "",
         suite.description.strip(), "",
-        f"{len(records)} finished runs ({len(suite.tasks)} tasks x {len(suite.inits)} inits x {len(suite.seeds)} seeds planned), "
+        f"{len(records)} of {len(suite.runs())} planned runs finished (tasks x inits x seeds {list(suite.seeds)}), "
         f"{seconds / 60:.1f} min of run time in total.", "",
         markdown_table(cells, list(suite.inits), suite.metrics),
     ]
