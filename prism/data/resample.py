@@ -82,6 +82,12 @@ def canonical_grid(affine: np.ndarray, shape: tuple[int, ...], spacing: tuple[fl
 def resample(data: np.ndarray, affine: np.ndarray, grid: Grid) -> np.ndarray:
     """Trilinear resampling of a 3D ``data`` (with ``affine``) onto ``grid``; float32, 0 outside."""
     data = np.asarray(data, dtype=np.float32)
+    if data.flags.f_contiguous and not data.flags.c_contiguous:
+        # NIfTI data decode in Fortran order: resample the C-ordered transposed view onto the
+        # transposed grid, so every pass reads memory in order; the result is Fortran-ordered too
+        reverse = np.eye(4)[[2, 1, 0, 3]]
+        transposed = Grid(grid.affine @ reverse, grid.shape[::-1])  # type: ignore[arg-type]
+        return resample(data.T, affine @ reverse, transposed).T
     mapping = np.linalg.inv(affine) @ grid.affine  # output voxel -> source voxel
     linear, offset = mapping[:3, :3], mapping[:3, 3]
     permutation = _axis_permutation(linear)
@@ -134,7 +140,7 @@ def _separable(data: np.ndarray, coordinates: list[np.ndarray], shape: tuple[int
     current = data[tuple(index)]
     if interpolate:
         current = np.ascontiguousarray(current)  # gathers along any axis of a C-ordered array copy whole runs
-    for axis, coords in interpolate:
+    for axis, coords in sorted(interpolate, key=lambda item: item[1].size / current.shape[item[0]]):  # shrinking axes first
         n = current.shape[axis]
         low = np.minimum(np.floor(coords).astype(np.intp), max(n - 2, 0))
         high = np.minimum(low + 1, n - 1)
@@ -142,8 +148,10 @@ def _separable(data: np.ndarray, coordinates: list[np.ndarray], shape: tuple[int
         shape[axis] = -1
         weight = (coords - low).astype(np.float32).reshape(shape)
         result = np.take(current, low, axis=axis)
-        result *= 1.0 - weight
-        result += np.take(current, high, axis=axis) * weight
+        step = np.take(current, high, axis=axis)
+        step -= result
+        step *= weight
+        result += step  # low + (high - low) * weight, with one temporary
         current = result
     out[tuple(placement)] = current
     return out
@@ -165,6 +173,8 @@ def foreground_box(data: np.ndarray, margin_voxels: int = 4, threshold: float = 
     The mask is computed on 2x2x2 block means (halves the noise, 8x fewer voxels); slices
     whose foreground count is below 0.5 % of the fullest slice are treated as noise.
     """
+    if data.flags.f_contiguous and not data.flags.c_contiguous:  # read memory in order
+        return foreground_box(data.T, margin_voxels, threshold)[::-1]
     blocks = _block_mean(data)
     low, high = np.percentile(blocks[:: max(1, blocks.size // 200_000)], [0.0, 99.0]) if blocks.size else (0.0, 0.0)
     mask = blocks > low + threshold * (high - low)

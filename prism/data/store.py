@@ -2,11 +2,12 @@
 
 Why raw memory-mapped arrays: a random 96^3 crop of a page-cached ``.npy`` is a strided
 copy with no decoding. Measured on this project's 2-core machine (``benchmarks/data_pipeline.py``,
-``benchmarks/results/data.md``), raw float16 crops are an order of magnitude faster than
-blosc2 (LZ4, 32^3 chunks) and several hundred times faster than decoding NIfTI on the
-fly; blosc2 saves about 3-5x disk. Disk is cheaper than the CPU cores that would
-otherwise feed the GPUs, so prism stores raw float16 (about 15 MB per 1 mm brain after
-foreground cropping).
+``benchmarks/results/data.md``): raw float16 crops are 5-10x faster than blosc2 (LZ4 or ZSTD,
+32^3 chunks), about 40x faster than zarr v3, and over 1000x faster than decoding and
+resampling NIfTI on the fly (MONAI). Compression saves little: float16 noise does not
+compress (about 1.1-1.3x on scans with background noise, about 3x with the background
+zeroed). Disk is cheaper than the CPU cores that would otherwise feed the GPUs, so prism
+stores raw float16 (about 9 MB per 1 mm brain after foreground cropping).
 
 Layout::
 
