@@ -126,6 +126,9 @@ def train(cfg: DictConfig, datamodule: L.LightningDataModule, module: L.Lightnin
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test_after_fit", False):  # fine-tuning experiments: test sets with the final weights
+        for results in trainer.test(module, datamodule=datamodule, verbose=False):
+            metrics.update({k: float(v) for k, v in results.items()})
     log.info("Rank %d of %d finished at step %d; run directory %s", trainer.global_rank, trainer.world_size,
              trainer.global_step, output_dir)
     return metrics
