@@ -106,6 +106,11 @@ class FinetuneModule(L.LightningModule):
     def target_of(batch: dict[str, Any]) -> torch.Tensor:
         return batch["labels"] if "labels" in batch and "target" not in batch else batch["target"]
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """A frozen backbone (linear probe) stays in eval mode: Lightning restores module modes itself."""
+        if self.net.backbone.frozen:
+            self.net.backbone.eval()
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         outputs = self.net(batch["image"], batch["view_present"])
         loss = self.loss(outputs, batch)

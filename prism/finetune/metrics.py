@@ -1,9 +1,9 @@
 """Task metrics, accumulated over a whole evaluation set and written to ``metrics.json``.
 
 * segmentation: Dice and HD95 (MONAI) per foreground class and their means; HD95 in mm when
-  the voxel spacing is known (in voxels otherwise). A class absent from both prediction and
-  truth of a subject is left out of that subject's Dice; HD95 is averaged over the subjects
-  where it is finite (both masks non-empty).
+  the voxel spacing is known (in voxels otherwise). A class absent from a subject's truth is
+  left out of that subject's Dice (MONAI ``ignore_empty``); HD95 is averaged over the
+  subjects where it is finite (both masks non-empty).
 * classification: accuracy, balanced accuracy (mean per-class recall) and macro AUROC
   over the classes present in the set (torchmetrics).
 * regression: MAE and R^2 per target and averaged, in real units (the datamodule's
@@ -128,9 +128,12 @@ def _nanmean(values: torch.Tensor) -> float:
 
 
 def write_metrics(results: dict[str, dict[str, float]], output_dir: str | os.PathLike) -> Path:
-    """Write ``{set name: {metric: value}}`` to ``<output_dir>/metrics.json`` (NaN as null)."""
+    """Write ``{set name: {metric: value}}`` to ``<output_dir>/metrics.json`` (NaN as null) and the
+    same as rows ``test_set,metric,value`` to ``metrics.csv``; returns the JSON path."""
     path = Path(output_dir) / METRICS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {name: {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()} for name, values in results.items()}
     path.write_text(json.dumps(clean, indent=2, sort_keys=True))
+    lines = ["test_set,metric,value"] + [f"{name},{k},{'' if v is None else v}" for name, values in clean.items() for k, v in sorted(values.items())]
+    path.with_suffix(".csv").write_text("\n".join(lines) + "\n")
     return path
