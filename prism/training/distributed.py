@@ -64,11 +64,11 @@ def plan_global_batch(per_device: int, world_size: int, global_batch_size: int |
     global_batch_size = int(global_batch_size)
     step = per_device * world_size
     if global_batch_size < step or global_batch_size % step:
-        lower, upper = max(step, global_batch_size // step * step), (global_batch_size // step + 1) * step
+        nearest = sorted({max(step, global_batch_size // step * step), (global_batch_size // step + 1) * step})
         raise ValueError(
             f"global_batch_size={global_batch_size} is not a multiple of data.batch_size x world size = "
-            f"{per_device} x {world_size} = {step}. Use global_batch_size={lower} or {upper}, or change "
-            f"data.batch_size / the number of devices."
+            f"{per_device} x {world_size} = {step}. Use global_batch_size="
+            f"{' or '.join(str(size) for size in nearest)}, or change data.batch_size / the number of devices."
         )
     derived = global_batch_size // step
     if accumulate not in (1, derived):
