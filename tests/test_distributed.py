@@ -267,3 +267,36 @@ def test_two_gloo_processes_train_and_only_rank_zero_writes(tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
     assert len(list(run_dir.glob("csv/version_*"))) == 1
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["SynthDataModule"]["batches_consumed"] == 3
+
+
+# ---------------------------------------------------------------------- preprocessing array
+def run_preprocess_array(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run slurm/preprocess_array.sbatch's body with a ``prism`` stub that prints its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "prism").write_text('#!/bin/sh\necho "prism $*"\n')
+    (bin_dir / "prism").chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PRISM_"))}
+    full = {**clean, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_CPUS_PER_TASK": "8", **env}
+    return subprocess.run(["bash", str(ROOT / "slurm" / "preprocess_array.sbatch"), "all.parquet", "/store", "--spacing", "1", "1", "1"],
+                          env=full, capture_output=True, text=True, timeout=30)
+
+
+def array_env(task: int, first: int, last: int) -> dict[str, str]:
+    return {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_MIN": str(first), "SLURM_ARRAY_TASK_MAX": str(last),
+            "SLURM_ARRAY_TASK_COUNT": str(last - first + 1), "SLURM_ARRAY_JOB_ID": "9"}
+
+
+def test_preprocess_array_runs_one_shard_per_task(tmp_path):
+    result = run_preprocess_array(tmp_path, array_env(3, 0, 15))
+    assert result.returncode == 0, result.stderr
+    assert "prism preprocess all.parquet --out /store --shard 3/16 --workers 8 --spacing 1 1 1" in result.stdout
+
+
+def test_preprocess_array_refuses_an_array_that_is_not_zero_based_unless_told_the_shard_count(tmp_path):
+    result = run_preprocess_array(tmp_path, array_env(1, 1, 16))
+    assert result.returncode == 2 and "use --array=0-<N-1>, or set PRISM_NUM_SHARDS" in result.stderr
+    rerun = run_preprocess_array(tmp_path, {**array_env(7, 3, 7), "SLURM_ARRAY_TASK_COUNT": "2", "PRISM_NUM_SHARDS": "16"})
+    assert rerun.returncode == 0 and "--shard 7/16" in rerun.stdout
+    outside = run_preprocess_array(tmp_path, {"SLURM_ARRAY_TASK_ID": "0"})
+    assert outside.returncode == 2 and "SLURM_ARRAY_TASK_COUNT is not set: submit as a job array" in outside.stderr
