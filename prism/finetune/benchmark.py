@@ -24,7 +24,6 @@ import json
 import logging
 import re
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,8 +226,9 @@ def run_suite(
         log.info("benchmark %s: %s", suite.name, run.relative_dir)
         try:
             records.append(execute_run(run, run_dir, config_dir))
-        except Exception:  # one broken run must not lose the others; it is listed in the table
-            failures.append(f"{run.relative_dir}: {traceback.format_exc(limit=3).strip().splitlines()[-1]}")
+        except Exception as err:  # one broken run must not lose the others; it is listed in the table
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            failures.append(f"{run.relative_dir}: {type(err).__name__}: {first_line}")
             log.exception("benchmark run %s failed", run.relative_dir)
         write_tables(suite, out, records, failures)
     write_tables(suite, out, records, failures)

@@ -1,0 +1,90 @@
+"""Run a downstream benchmark suite and write its results page (command, machine, date, table).
+
+    python benchmarks/finetune_suite.py --out runs/bench_builtin \
+        --checkpoint pretrained_full=PATH/full.ckpt --checkpoint pretrained_mae=PATH/mae.ckpt \
+        [--suite conf/benchmark/builtin.yaml] [--results benchmarks/results/finetune.md] [--threads 2]
+
+Everything is measured in this process: ``prism.finetune.benchmark.run_suite`` trains and tests
+every run of the suite (skipping runs already finished in ``--out``), then this script writes
+``--results`` with the exact command, the machine (CPU count, torch threads, load average
+before and after: the machine may be shared), the date and the suite's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"{platform.system()} {platform.release()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default=str(ROOT / "conf" / "benchmark" / "builtin.yaml"))
+    parser.add_argument("--out", required=True, help="benchmark folder (runs/, benchmark.md, benchmark.csv); re-run to resume")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "finetune.md"))
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--tasks", nargs="+", help="run only these tasks of the suite")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from prism.finetune.benchmark import Suite, parse_checkpoints, run_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    suite = Suite.load(args.suite, parse_checkpoints(args.checkpoint))
+    load_before, started = os.getloadavg(), time.time()
+    records, failures = run_suite(suite, Path(args.out), only_tasks=args.tasks)
+    load_after, minutes = os.getloadavg(), (time.time() - started) / 60
+    table = (Path(args.out) / "benchmark.md").read_text()
+    per_task: dict[str, list[float]] = {}
+    for record in records:
+        per_task.setdefault(record["task"], []).append(float(record.get("seconds", 0.0)))
+    timing = "\n".join(f"- {task}: {len(s)} runs, {sum(s) / len(s):.0f} s per run on average" for task, s in per_task.items())
+    page = f"""# Downstream benchmark: suite `{suite.name}`
+
+Date: {datetime.date.today().isoformat()}. Measured by:
+
+```
+{shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}
+```
+
+Machine: {machine()}. Load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_before)} at the start,
+{'/'.join(f'{x:.1f}' for x in load_after)} at the end: the machine was shared with other jobs, so
+timings are indicative only. This invocation took {minutes:.1f} min (runs finished earlier in
+`{args.out}` are read back, not re-run).
+
+Suite file: `{Path(args.suite).relative_to(ROOT) if Path(args.suite).resolve().is_relative_to(ROOT) else args.suite}`
+(every run's full config is in its run folder, `config_resolved.yaml`).
+
+{table}
+Run time per task (train + test, one process):
+
+{timing}
+"""
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(page)
+    print(page)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
