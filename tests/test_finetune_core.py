@@ -47,12 +47,17 @@ def compose_cfg(overrides: list[str], output_dir: Path):
     return cfg
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pretrained(tmp_path_factory) -> Path:
-    """A real (1-step) pretraining checkpoint with every objective: ViT depth 2, patch 8, 32^3, anatomy 48."""
+    """A real (1-step) pretraining checkpoint with every objective: ViT depth 2, patch 8, 32^3, anatomy 48.
+
+    Made once per test session and shared by the fine-tuning test modules (they import this fixture).
+    """
     from prism.training.run import build, train
 
-    out = tmp_path_factory.mktemp("pretrain")
+    out = tmp_path_factory.getbasetemp() / "finetune_pretrained"
+    if (out / "checkpoints" / "last.ckpt").is_file():
+        return out / "checkpoints" / "last.ckpt"
     cfg = compose_cfg(["+debug=fast_dev_run", "logger=csv", "trainer.fast_dev_run=false", "trainer.max_steps=1",
                        "+trainer.limit_val_batches=0", "callbacks.last_checkpoint.every_n_train_steps=1",
                        "callbacks.reconstruction_preview=null", "callbacks.best_checkpoint=null", "model.anatomy_dim=48"], out)
@@ -251,7 +256,7 @@ def fit_and_test(pretrained: Path, task: TaskSpec, mode: str, out: Path, steps: 
     module = FinetuneModule(factory, optimizer=functools.partial(torch.optim.AdamW), lr=1e-2, output_dir=str(out))
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)
-    datamodule = RandomTaskDataModule(task, 16 if task.kind == "segmentation" else SIZE)  # the encoder runs at 16^3 too
+    datamodule = RandomTaskDataModule(task, 16)  # a 32^3 encoder on 16^3 inputs (interpolated positions)
     trainer.fit(module, datamodule=datamodule)
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     return module, results
@@ -267,7 +272,7 @@ def test_linear_probe_leaves_the_encoder_unchanged_and_finetune_changes_it(pretr
     assert "blocks.1.attn.qkv.weight" in changed
 
 
-@pytest.mark.parametrize("task", [SEG, REG], ids=["segmentation", "regression"])
+@pytest.mark.parametrize("task", [pytest.param(SEG, marks=pytest.mark.slow), REG], ids=["segmentation", "regression"])
 def test_fit_then_test_writes_metrics_per_test_set(pretrained, tmp_path, task):
     module, results = fit_and_test(pretrained, task, "finetune", tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
