@@ -300,3 +300,24 @@ def test_preprocess_array_refuses_an_array_that_is_not_zero_based_unless_told_th
     assert rerun.returncode == 0 and "--shard 7/16" in rerun.stdout
     outside = run_preprocess_array(tmp_path, {"SLURM_ARRAY_TASK_ID": "0"})
     assert outside.returncode == 2 and "SLURM_ARRAY_TASK_COUNT is not set: submit as a job array" in outside.stderr
+
+
+def test_sigterm_saves_a_checkpoint_without_requeue_and_stops(tmp_path):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from prism.training.run import build, train
+
+    overrides = TINY + ["trainer.max_steps=6", "trainer.val_check_interval=100", "callbacks.last_checkpoint.every_n_train_steps=100"]
+    cfg = compose_cfg(overrides, tmp_path)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    datamodule, module, trainer = build(cfg)
+    trainer.callbacks.append(SendSignalAt(step=2, signum=signal.SIGTERM))
+    try:
+        train(cfg, datamodule, module, trainer)
+    except SIGTERMException:
+        pass  # Lightning stops the loop itself on SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, handler_before)
+    saved = list((tmp_path / "checkpoints").glob("hpc_ckpt_*.ckpt"))
+    assert len(saved) == 1 and trainer.global_step < 6
+    assert torch.load(saved[0], weights_only=True)["global_step"] == trainer.global_step
