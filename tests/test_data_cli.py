@@ -55,3 +55,23 @@ def test_errors_are_one_line_with_exit_code_2(prism_main, tmp_path, monkeypatch,
     (tmp_path / "m.csv").write_text("dataset,subject,path\nA,1,a.nii.gz\n")
     assert prism_main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_manifest_next_to_its_data_keeps_relative_paths_through_qc_filter_and_rebuild(prism_main, tmp_path, monkeypatch, capsys):
+    """data_manifests/README.md's flow: paths relative to the manifest folder ('../data/...') survive every rewrite."""
+    import pandas as pd
+
+    build_tree(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    m = "manifests/demo.parquet"
+    build = ["manifest", "build", "data/bids", "--out", m, "--dataset", "demo", "--relative-to", "manifests"]
+    assert prism_main(build) == 0
+    assert prism_main(["qc", m, "--out", "qc", "--sample", "1"]) == 0
+    assert prism_main(["manifest", "filter", m, "--qc", "pass", "--out", "manifests/pass.csv"]) == 0
+    for written in (m, "manifests/pass.csv"):
+        paths = pd.read_parquet(written)["path"] if written.endswith(".parquet") else pd.read_csv(written)["path"]
+        assert paths.str.startswith("../data/bids/").all(), written
+    checked = read_manifest(m)
+    assert prism_main(build) == 0  # an update: nothing read twice, QC columns kept
+    again = read_manifest(m)
+    assert len(again) == len(checked) and again["qc_status"].tolist() == checked["qc_status"].tolist()

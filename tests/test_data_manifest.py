@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 
 import pandas as pd
@@ -168,3 +169,28 @@ def test_build_resumes_after_a_crash_and_updates_incrementally(tmp_path, monkeyp
     calls.clear()
     manifest = scan.build_manifest([str(paths["bids"]), str(paths["plain"])], out)
     assert calls == [str(paths["plain"] / "patient_C" / "T2.nii.gz")] and len(manifest) == 12
+
+
+def test_rebuild_with_a_relative_root_reads_no_file_twice(tmp_path, monkeypatch):
+    paths = build_tree(tmp_path / "tree")
+    monkeypatch.chdir(tmp_path)  # relative --relative-to, as in data_manifests/README.md
+    first = scan.build_manifest(["tree/bids"], "manifests/m.parquet", relative_to="manifests")
+    assert pd.read_parquet("manifests/m.parquet")["path"].str.startswith("../tree/bids/").all()
+    calls = []
+    original = scan.describe
+    monkeypatch.setattr(scan, "describe", lambda c: (calls.append(c.path), original(c))[1])
+    again = scan.build_manifest(["tree/bids"], "manifests/m.parquet", relative_to="manifests")
+    assert calls == [] and again["path"].tolist() == first["path"].tolist()
+    assert again["path"].map(os.path.isabs).all() and str(paths["bids"]) in again["path"][0]
+
+
+def test_demo_manifest_lists_the_demo_tree_by_relative_paths():
+    """data_manifests/demo.parquet must work from any checkout: paths relative to its folder, all QC-checked."""
+    from pathlib import Path
+
+    demo = Path(__file__).parents[1] / "data_manifests" / "demo.parquet"
+    raw = pd.read_parquet(demo)
+    assert raw["path"].str.startswith("../data/demo/sub-").all() and raw["sidecars"].str.startswith("../data/demo/").all()
+    manifest = read_manifest(demo)
+    assert sorted(manifest["sequence"].value_counts().to_dict().items()) == [("FLAIR", 3), ("T1w", 3), ("T2w", 3)]
+    assert set(manifest["qc_status"]) == {"pass"} and manifest["path"].map(os.path.isabs).all()

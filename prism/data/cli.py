@@ -85,22 +85,24 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from prism.data.manifest import merge_manifests, read_manifest, write_manifest
+    from prism.data.manifest import merge_manifests, read_manifest, stores_relative_paths, write_manifest
 
     _logging()
     merged = merge_manifests(read_manifest(path) for path in args.inputs)
-    write_manifest(merged, args.out)
+    relative = all(stores_relative_paths(path) for path in args.inputs)
+    write_manifest(merged, args.out, relative_to=os.path.dirname(os.path.abspath(args.out)) if relative else None)
     print(f"wrote {args.out}: {len(merged)} volumes from {len(args.inputs)} manifests")
     return 0
 
 
 def _filter(args: argparse.Namespace) -> int:
-    from prism.data.manifest import filter_manifest, read_manifest, write_manifest
+    from prism.data.manifest import filter_manifest, read_manifest, stores_relative_paths, write_manifest
 
     _logging()
     frame = read_manifest(args.input)
     kept = filter_manifest(frame, datasets=args.dataset, sequences=args.sequence, body_parts=args.body_part, qc=args.qc)
-    write_manifest(kept, args.out)
+    relative = stores_relative_paths(args.input)
+    write_manifest(kept, args.out, relative_to=os.path.dirname(os.path.abspath(args.out)) if relative else None)
     print(f"wrote {args.out}: kept {len(kept)} of {len(frame)} volumes")
     return 0
 
@@ -123,7 +125,7 @@ def summarize(frame: pd.DataFrame) -> str:
 
 
 def _qc(args: argparse.Namespace) -> int:
-    from prism.data.manifest import read_manifest, write_manifest
+    from prism.data.manifest import read_manifest, stores_relative_paths, write_manifest
     from prism.data.preprocess import parse_shard
     from prism.data.qc import run_qc
 
@@ -135,7 +137,8 @@ def _qc(args: argparse.Namespace) -> int:
         print(f"checked shard {args.shard}; the report is written by the run that completes the last rows")
         return 0
     target = args.manifest_out or args.manifest
-    write_manifest(checked, target, relative_to=args.data_root)
+    relative_to = args.data_root or (os.path.dirname(os.path.abspath(target)) if stores_relative_paths(args.manifest) else None)
+    write_manifest(checked, target, relative_to=relative_to)
     counts = checked["qc_status"].value_counts().to_dict()
     print(f"QC {counts}; report: {os.path.join(args.out, 'index.html')}; manifest with qc_status: {target}")
     return 0

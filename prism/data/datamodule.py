@@ -136,8 +136,15 @@ class ManifestDataModule(StreamDataModule):
             return
         manifest = self._manifest()
         index = self.store.read_index()
-        if self.store.settings() is None:
+        stored_settings = self.store.settings()
+        if stored_settings is None:
             raise FileNotFoundError(self._missing_message(len(manifest), len(manifest)))
+        if stored_settings != self.settings.to_dict():
+            log.warning(
+                "store %s was preprocessed with other settings than data.preprocess (spacing %s mm vs %s): the store's are used; "
+                "crop_size is in voxels of its spacing (match a synthetic source's spacing_mm to it)",
+                self.store.root, stored_settings.get("spacing"), list(self.settings.spacing),
+            )
         stored = index[["volume_id", "status", "file", "shape", "grid_id", "reason"]]
         joined = manifest.drop(columns=["shape"]).merge(stored, on="volume_id", how="left")  # shape: the stored grid
         not_stored = joined["status"].isna()

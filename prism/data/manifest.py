@@ -140,7 +140,8 @@ def read_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None =
         frame = pd.read_parquet(path)
     else:
         raise ValueError(f"Manifest {path} must end in .parquet or .csv.")
-    return validate_manifest(frame, root=Path(data_root) if data_root else path.parent.resolve(), origin=str(path))
+    root = Path(os.path.abspath(data_root if data_root else path.parent))  # abspath, like the scan: no symlink resolution
+    return validate_manifest(frame, root=root, origin=str(path))
 
 
 def validate_manifest(frame: pd.DataFrame, root: Path | None = None, origin: str = "manifest") -> pd.DataFrame:
@@ -230,7 +231,7 @@ def write_manifest(frame: pd.DataFrame, path: str | os.PathLike, relative_to: st
     if path.suffix not in (".parquet", ".csv"):
         raise ValueError(f"Output manifest {path} must end in .parquet or .csv.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(relative_to).resolve() if relative_to else path.parent.resolve()
+    root = Path(os.path.abspath(relative_to if relative_to else path.parent))
     force = relative_to is not None
     frame = conform_columns(frame)
     frame["path"] = [_relative(p, root, force) for p in frame["path"]]
@@ -242,6 +243,18 @@ def write_manifest(frame: pd.DataFrame, path: str | os.PathLike, relative_to: st
         frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
     return path
+
+
+def stores_relative_paths(path: str | os.PathLike) -> bool:
+    """Whether the manifest file ``path`` lists its volumes by relative paths only.
+
+    Commands that rewrite a manifest (``prism qc``, ``filter``, ``merge``) keep such paths
+    relative (to the folder of the manifest they write), so the data and the manifest can
+    still move together.
+    """
+    path = Path(path)
+    paths = pd.read_csv(path, usecols=["path"], dtype=str, keep_default_na=False)["path"] if path.suffix == ".csv" else pd.read_parquet(path, columns=["path"])["path"]
+    return len(paths) > 0 and not any(os.path.isabs(p) for p in paths)
 
 
 def _relative(path: str, root: Path, force: bool) -> str:
