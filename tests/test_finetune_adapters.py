@@ -173,3 +173,12 @@ def test_csv_missing_columns_are_named(tmp_path):
     path = csv_tree(tmp_path, ["subject,T1w,label", "s0,s0/t1.nii.gz,a"])
     with pytest.raises(AdapterError, match="lacks columns \\['FLAIR'\\]"):
         CsvTaskDataModule(str(path), "classification", ["T1w", "FLAIR"], ["label"], crop_size=CROP)
+
+
+def test_csv_segmentation_discovers_label_values(tmp_path):
+    for i in range(3):
+        write(tmp_path / f"s{i}" / "seg.nii.gz", label_map(i, values=(1, 5)))
+    rows = ["subject,T1w,seg,split"] + [f"s{i},s{i}/t1.nii.gz,s{i}/seg.nii.gz,{'test' if i == 5 else 'train'}" for i in range(3)]
+    dm = CsvTaskDataModule(str(csv_tree(tmp_path, rows)), "segmentation", ["T1w"], ["seg"], crop_size=CROP)
+    assert dm.task.kind == "segmentation" and dm.task.output_names == ["background", "class_1", "class_5"]
+    assert sorted(np.unique(dm.datasets["train"].volumes(0)[2]).tolist()) == [0, 1, 2]  # value 5 -> class 2
