@@ -115,3 +115,37 @@ def test_mixed_config_composes_with_synth(data_tree, tmp_path):
         if len(seen) == 2:
             break
     assert seen == {"manifest", "synth"}
+
+
+@pytest.mark.slow
+def test_pretraining_runs_on_a_manifest_and_resumes(data_tree, tmp_path):
+    """`python train.py +experiment=pretrain data=manifest data.manifest=...` in process, with a resume."""
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from prism.training.run import build, train
+
+    def config(*extra: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose("train", return_hydra_config=True, overrides=[
+                "+experiment=pretrain", "+debug=fast_dev_run", "logger=csv", "trainer.fast_dev_run=false", "trainer.max_steps=2",
+                "trainer.val_check_interval=2", "data=manifest", f"data.manifest={data_tree['manifest']}", f"paths.data_dir={tmp_path}",
+                "data.crop_size=[16,16,16]", "data.preprocess.spacing=[3.0,3.0,3.0]", "data.val_batches=1", *extra,
+            ])
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir, cfg.paths.log_dir = str(tmp_path / "run"), str(tmp_path / "logs")
+            del cfg["hydra"]
+        return cfg
+
+    cfg = config()
+    train(cfg, *build(cfg))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["ManifestDataModule"]["batches_consumed"] == 2
+    resumed = config("trainer.max_steps=3", f"ckpt_path={last}")
+    datamodule, module, trainer = build(resumed)
+    train(resumed, datamodule, module, trainer)
+    assert trainer.global_step == 3 and datamodule.batches_consumed == 3
