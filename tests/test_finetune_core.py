@@ -24,7 +24,7 @@ from prism.finetune.finetune_module import FinetuneModule
 from prism.finetune.heads import AttentionPooling, PredictionNetwork, drop_views
 from prism.finetune.layer_decay import param_groups_layer_decay
 from prism.finetune.metrics import TaskMetrics
-from prism.finetune.networks import build_finetune_network
+from prism.finetune.networks import build_finetune_network, load_finetuned_network
 from prism.finetune.segmentation_head import SegmentationNetwork
 from prism.finetune.task_spec import TaskSpec
 
@@ -259,6 +259,7 @@ def fit_and_test(pretrained: Path, task: TaskSpec, mode: str, out: Path, steps: 
     datamodule = RandomTaskDataModule(task, 16)  # a 32^3 encoder on 16^3 inputs (interpolated positions)
     trainer.fit(module, datamodule=datamodule)
     results = trainer.test(module, datamodule=datamodule, verbose=False)
+    trainer.save_checkpoint(out / "finetuned.ckpt")
     return module, results
 
 
@@ -281,6 +282,11 @@ def test_fit_then_test_writes_metrics_per_test_set(pretrained, tmp_path, task):
     assert all(key in values for values in metrics.values())
     assert any(f"test/T2w/{key}" in r for r in results)
     assert (tmp_path / "metrics.csv").is_file()
+    rebuilt = load_finetuned_network(tmp_path / "finetuned.ckpt")  # head included, from weights_only data
+    batch = next(iter(RandomTaskDataModule(task, 16).test_dataloader()[0]))
+    module.net.eval()
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(batch["image"], batch["view_present"]), module.net(batch["image"], batch["view_present"]), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -25,6 +25,7 @@ from torch import nn
 
 from prism.finetune.layer_decay import param_groups_layer_decay
 from prism.finetune.metrics import TaskMetrics, write_metrics
+from prism.finetune.networks import NETWORK_OPTIONS, plain_options
 from prism.finetune.task_spec import TaskSpec
 from prism.training.optim import OptimizerFactory, SchedulerFactory
 
@@ -191,9 +192,13 @@ class FinetuneModule(L.LightningModule):
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the task and encoder architecture beside the weights (plain JSON-able values)."""
+        options = getattr(self.net_factory, "keywords", {}) or {}
         checkpoint["prism_finetune"] = {
             "task": dataclasses.asdict(self.task),
             "mode": self.mode,
-            "encoder": dict(self.net.backbone.metadata.get("encoder") or self.net.backbone.encoder.config()),
+            "encoder": self.net.backbone.encoder.config(),
             "feature_source": self.net.backbone.feature_source,
+            "anatomy_dim": self.net.backbone.anatomy.out_features if self.net.backbone.anatomy is not None else None,
+            "network_options": {k: plain_options(options[k]) for k in NETWORK_OPTIONS if options.get(k) is not None},
+            "roi_size": getattr(self.net, "roi_size", None),
         }

@@ -19,6 +19,7 @@ Modes:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from prism.finetune.segmentation_head import SegmentationNetwork
 from prism.finetune.task_spec import TaskSpec
 
 MODES = ("linear_probe", "finetune", "scratch")
+NETWORK_OPTIONS = ("head", "segmentation")  # build options a fine-tuned checkpoint records to be rebuilt
 
 
 def build_finetune_network(
@@ -67,7 +69,7 @@ def build_finetune_network(
         raise ValueError(f"mode={mode!r}; use one of {list(MODES)} (finetune.mode).")
     if checkpoint is None and mode != "scratch":
         raise ValueError(f"mode={mode} needs a pretrained encoder: set finetune.checkpoint=PATH (a .ckpt or a `prism export` folder), or use finetune.mode=scratch.")
-    architecture = _plain(encoder)
+    architecture = plain_options(encoder)
     backbone = load_backbone(
         checkpoint,
         feature_source=feature_source,
@@ -78,14 +80,40 @@ def build_finetune_network(
         drop_path_rate=0.0 if mode == "linear_probe" else drop_path_rate,
     )
     if task.kind == "segmentation":
-        network: nn.Module = SegmentationNetwork(backbone, task, roi_size=roi_size, **_plain(segmentation))
+        network: nn.Module = SegmentationNetwork(backbone, task, roi_size=roi_size, **plain_options(segmentation))
     else:
-        network = PredictionNetwork(backbone, task, **_plain(head))
+        network = PredictionNetwork(backbone, task, **plain_options(head))
     network.mode = mode  # read by FinetuneModule (which layers train, layer decay or not)
     return network
 
 
-def _plain(options: Mapping[str, Any] | None) -> dict[str, Any]:
+def load_finetuned_network(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
+    """Rebuild a fine-tuned network (head included) from a FinetuneModule checkpoint, in eval mode.
+
+    The checkpoint's ``prism_finetune`` block records the task, the encoder architecture and the
+    head options; weights are read with ``torch.load(weights_only=True)``.
+
+    Raises:
+        ValueError: not a fine-tuning checkpoint.
+    """
+    from prism.training.checkpoint_io import safe_torch_load
+
+    checkpoint = safe_torch_load(path, map_location=device)
+    description = checkpoint.get("prism_finetune")
+    if not description:
+        raise ValueError(f"{path} is not a fine-tuning checkpoint (no 'prism_finetune' block); for a pretraining checkpoint use load_backbone.")
+    network = build_finetune_network(
+        TaskSpec(**description["task"]), checkpoint=None, mode="scratch", feature_source=description["feature_source"],
+        encoder=description["encoder"], anatomy_dim=description.get("anatomy_dim"), roi_size=description.get("roi_size"),
+        **description.get("network_options", {}),
+    )
+    state = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    network.load_state_dict(state)
+    network.mode = description["mode"]
+    return network.to(device).eval()
+
+
+def plain_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Hydra DictConfig / dict / None -> a plain dict."""
     if options is None:
         return {}
