@@ -138,9 +138,10 @@ class FinetuneModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_end(self) -> None:
+        self.val_metrics.gather()
         for name, value in self.val_metrics.compute().items():
-            if value == value:  # skip NaN (undefined on this set)
-                self.log(f"val/{name}", value, sync_dist=True)
+            if value == value:  # skip NaN (undefined on this set); identical on every rank after gather
+                self.log(f"val/{name}", value)
         self.val_metrics.reset()
 
     # ------------------------------------------------------------------- test
@@ -167,9 +168,10 @@ class FinetuneModule(L.LightningModule):
         self.test_results = {}
         for index, metrics in enumerate(self.test_metrics):
             name = names[index] if names else f"test_{index}"
+            metrics.gather()
             self.test_results[name] = metrics.compute()
             for metric, value in self.test_results[name].items():
-                if value == value:
+                if value == value:  # identical on every rank after gather: no sync needed
                     self.log(f"test/{name}/{metric}", value)
         if self.trainer.is_global_zero:
             path = write_metrics(self.test_results, self.output_dir or self.trainer.default_root_dir)

@@ -66,8 +66,18 @@ class TaskMetrics:
             self.outputs.append(outputs)
             self.targets.append(target)
 
+    def gather(self) -> None:
+        """Under DDP, collect every rank's accumulated values on every rank (each saw a shard of the set)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (self.dice, self.hd95, self.outputs, self.targets))
+        self.dice, self.hd95, self.outputs, self.targets = ([t for part in gathered for t in part[i]] for i in range(4))
+
     def compute(self) -> dict[str, float]:
-        """Metric name -> value for everything seen since the last reset."""
+        """Metric name -> value for everything seen since the last reset (call :meth:`gather` first under DDP)."""
         if self.task.kind == "segmentation":
             return self._segmentation()
         if not self.outputs:
