@@ -98,6 +98,10 @@ def test_dataset_weights_follow_alpha(datamodule):
     assert table.dataset_weights(1.0) == pytest.approx([0.9, 0.1])
     assert table.dataset_weights(0.0) == pytest.approx([0.5, 0.5])
     assert table.dataset_weights(0.5) == pytest.approx([3 / 4, 1 / 4])
+    stream = ManifestBatchStream(table, batch_size=1, crop_size=(4, 4, 4), num_views=1, dataset_alpha=0.5)
+    generator = torch.Generator().manual_seed(0)
+    small = sum(table.subject_names[stream.draw(generator)[0]].startswith("small/") for _ in range(2000))
+    assert 0.21 < small / 2000 < 0.29  # drawn with the weights: 1/4
 
 
 def test_qc_failures_are_excluded_and_subjects_split(data_tree, tmp_path):

@@ -152,6 +152,7 @@ class ManifestBatchStream(BatchStream):
         self.table, self.batch_size, self.num_views = table, int(batch_size), int(num_views)
         self.crop_size = tuple(int(c) for c in crop_size)
         self.weights = torch.as_tensor(table.dataset_weights(dataset_alpha))
+        self._cumulative = torch.cumsum(self.weights, 0)  # inverse-CDF draw: cheaper than torch.multinomial per element
         self.max_open_files = max_open_files
         self._arrays: OrderedDict[str, np.ndarray] = OrderedDict()
 
@@ -178,7 +179,7 @@ class ManifestBatchStream(BatchStream):
     def draw(self, generator: torch.Generator) -> tuple[int, list[int], tuple[int, int, int]]:
         """One element's draw: ``(subject index, volume indices, crop start)`` (start may be negative = padding)."""
         table = self.table
-        dataset = int(torch.multinomial(self.weights, 1, generator=generator))
+        dataset = min(int(torch.searchsorted(self._cumulative, torch.rand(1, dtype=torch.float64, generator=generator), right=True)), len(self.weights) - 1)
         subjects = table.dataset_subjects[dataset]
         subject = int(subjects[self._randint(len(subjects), generator)])
         grids = table.subject_groups[subject]
