@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,11 @@ def test_command_line_overrides(tmp_path):
 def test_fast_dev_run_and_resume_continue_the_step_count(tmp_path):
     from prism.training.run import build, train
 
+    separation = {"_target_": "prism.evaluation.separation_callback.SeparationEvaluation", "crop_size": [32, 32, 32],
+                  "num_subjects": 4, "every_n_steps": 3, "out_file": str(tmp_path / "separation.jsonl")}
     cfg = compose_cfg(TINY, tmp_path)
+    with open_dict(cfg):
+        cfg.callbacks.separation = separation
     train(cfg, *build(cfg))
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file() and (tmp_path / "config_resolved.yaml").is_file()
@@ -84,9 +89,14 @@ def test_fast_dev_run_and_resume_continue_the_step_count(tmp_path):
     assert consumed == 3
 
     resumed = compose_cfg(TINY + ["trainer.max_steps=5", f"ckpt_path={last}"], tmp_path)
+    with open_dict(resumed):
+        resumed.callbacks.separation = separation
     datamodule, module, trainer = build(resumed)
     train(resumed, datamodule, module, trainer)
     assert trainer.global_step == 5
+    # evaluated at step 3 (period) and at the end of training (step 5), once each, logged to csv
+    steps = [json.loads(line)["step"] for line in (tmp_path / "separation.jsonl").read_text().splitlines()]
+    assert steps == [3, 5]
     assert datamodule.batches_consumed == 5
     assert torch.load(last, weights_only=True)["global_step"] == 5
 

@@ -26,12 +26,16 @@ class SeparationEvaluation(L.Callback):
         self.crop_size, self.spacing_mm, self.num_subjects = list(crop_size), spacing_mm, num_subjects
         self.every_n_steps, self.out_file = every_n_steps, out_file
         self._batches = None
+        self._evaluated_step = -1
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         if self._batches is None:
             self._batches = held_out_batches(self.crop_size, self.spacing_mm, self.num_subjects)
         report = separation_report(collect_features(pl_module.net, self._batches, pl_module.device))
-        pl_module.log_dict({f"separation/{k}": v for k, v in report.items()}, rank_zero_only=True)
+        # straight to the loggers: once per evaluation, and allowed in on_train_end (self.log is not)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"separation/{k}": v for k, v in report.items()}, step=trainer.global_step)
+        self._evaluated_step = trainer.global_step
         if self.out_file and trainer.is_global_zero:
             Path(self.out_file).parent.mkdir(parents=True, exist_ok=True)
             with open(self.out_file, "a") as handle:
@@ -44,5 +48,5 @@ class SeparationEvaluation(L.Callback):
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and trainer.global_step != self._evaluated_step:
             self.evaluate(trainer, pl_module)
