@@ -2,8 +2,8 @@
 
 Why raw memory-mapped arrays: a random 96^3 crop of a page-cached ``.npy`` is a strided
 copy with no decoding. Measured on this project's 2-core machine (``benchmarks/data_pipeline.py``,
-``benchmarks/results/data.md``): raw float16 crops are 5-10x faster than blosc2 (LZ4 or ZSTD,
-32^3 chunks), about 40x faster than zarr v3, and over 1000x faster than decoding and
+``benchmarks/results/data.md``): raw float16 crops are 6-13x faster than blosc2 (LZ4 or ZSTD,
+32^3 chunks), 40-60x faster than zarr v3, and over 1000x faster than decoding and
 resampling NIfTI on the fly (MONAI). Compression saves little: float16 noise does not
 compress (about 1.1-1.3x on scans with background noise, about 3x with the background
 zeroed). Disk is cheaper than the CPU cores that would otherwise feed the GPUs, so prism
