@@ -26,5 +26,8 @@ command -v "$PYTHON" >/dev/null || die "python '$PYTHON' not found: activate the
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 echo "prism slurm: job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}: ${SLURM_NNODES} node(s) x ${TASKS_PER_NODE} task(s), trainer=${TRAINER}"
 # --kill-on-bad-exit: one failing rank ends the step instead of leaving the others in a collective.
-exec srun --kill-on-bad-exit=1 "$PYTHON" train.py \
+# `trap "" USR1 USR2`: a warning signal that arrives while python is still starting (SLURM may
+# send it up to a minute early) is ignored instead of killing the task; prism.training.preemption
+# takes the signals over once the trainer is built.
+exec srun --kill-on-bad-exit=1 bash -c 'trap "" USR1 USR2; exec "$@"' prism-task "$PYTHON" train.py \
     trainer="$TRAINER" trainer.num_nodes="$SLURM_NNODES" trainer.devices="$TASKS_PER_NODE" "$@"

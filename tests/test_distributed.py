@@ -131,8 +131,9 @@ def test_launch_sh_passes_the_allocation_to_the_trainer_through_srun(tmp_path):
     result = run_launch({**fake_srun(tmp_path), **slurm_env(2, 4, step=False, SLURM_NTASKS_PER_NODE="4(x2)")},
                         "ddp", "+experiment=pretrain", "trainer=fsdp")
     assert result.returncode == 0, result.stderr
-    assert f"srun --kill-on-bad-exit=1 {sys.executable} train.py trainer=ddp trainer.num_nodes=2 trainer.devices=4 " \
+    assert f"prism-task {sys.executable} train.py trainer=ddp trainer.num_nodes=2 trainer.devices=4 " \
            "+experiment=pretrain trainer=fsdp" in result.stdout
+    assert '\nsrun --kill-on-bad-exit=1 bash -c trap "" USR1 USR2; exec "$@" prism-task' in result.stdout  # early signals ignored
 
 
 @pytest.mark.parametrize("missing", ["SLURM_JOB_ID", "SLURM_NNODES", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE"])
