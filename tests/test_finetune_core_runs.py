@@ -95,3 +95,21 @@ def test_prism_embed_writes_volume_and_subject_embeddings(pretrained, tmp_path, 
     first = np.stack(volumes[volumes.subject == "01"].embedding.tolist())
     assert first.shape == (2, 48) and np.allclose(subjects.iloc[0].embedding, first.mean(axis=0), atol=1e-6)
     assert prism_cli(["embed", str(pretrained), "--manifest", str(manifest), "--out", str(tmp_path / "e.csv")]) == 2
+
+
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (["+experiment=finetune_seg", "finetune.checkpoint=/no/such.ckpt"], FileNotFoundError, "Checkpoint not found: /no/such.ckpt"),
+        (["+experiment=finetune_cls"], ValueError, "mode=finetune needs a pretrained encoder"),
+        (["+experiment=finetune_seg", "data=finetune_folder_brats", "finetune.mode=scratch"], ValueError, "data.root is not set"),
+    ],
+    ids=["missing-checkpoint", "no-checkpoint", "no-folder"],
+)
+def test_bad_finetune_configs_fail_while_building(tmp_path, overrides, error, message):
+    from hydra.errors import InstantiationException
+
+    from prism.training.run import build
+
+    with pytest.raises((error, InstantiationException), match=message):
+        build(compose_cfg(overrides, tmp_path))

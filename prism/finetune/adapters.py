@@ -32,6 +32,12 @@ def _resolve(root: Path, path: str) -> str:
     return str((root / path).resolve()) if not Path(path).is_absolute() else path
 
 
+def _required(value: str | None, key: str, example: str) -> Path:
+    if not value:
+        raise AdapterError(f"data.{key} is not set: add data.{key}={example} to the command line.")
+    return Path(value)
+
+
 def _lookup(values: list[int]) -> np.ndarray:
     """Label value -> class index (declared order); -1 for values not declared."""
     if min(values) < 0:
@@ -49,8 +55,8 @@ class DecathlonDataModule(FolderTaskDataModule):
         **kwargs: :class:`FolderTaskDataModule` options; ``sequences`` selects modalities by name.
     """
 
-    def __init__(self, root: str, **kwargs):
-        self.root = Path(root)
+    def __init__(self, root: str | None, **kwargs):
+        self.root = _required(root, "root", "/data/Task01_BrainTumour")
         super().__init__(**kwargs)
 
     def discover(self) -> tuple[list[Case], TaskSpec]:
@@ -92,9 +98,9 @@ class BratsFolderDataModule(FolderTaskDataModule):
         **kwargs: :class:`FolderTaskDataModule` options.
     """
 
-    def __init__(self, root: str, sequence_suffixes: dict[str, str], label_suffix: str = "seg",
+    def __init__(self, root: str | None, sequence_suffixes: dict[str, str], label_suffix: str = "seg",
                  label_values: list[int] | None = None, class_names: list[str] | None = None, **kwargs):
-        self.root = Path(root)
+        self.root = _required(root, "root", "/data/BraTS2021")
         self.sequence_suffixes = dict(sequence_suffixes)
         self.label_suffix = label_suffix
         self.label_values, self.class_names = label_values, class_names
@@ -151,9 +157,9 @@ class CsvTaskDataModule(FolderTaskDataModule):
         **kwargs: :class:`FolderTaskDataModule` options.
     """
 
-    def __init__(self, csv: str, kind: str, image_columns: list[str], target_columns: list[str], subject_column: str = "subject",
+    def __init__(self, csv: str | None, kind: str, image_columns: list[str], target_columns: list[str], subject_column: str = "subject",
                  class_names: list[str] | None = None, split_column: str | None = "split", **kwargs):
-        self.csv, self.kind = Path(csv), kind
+        self.csv, self.kind = _required(csv, "csv", "/data/cohort.csv"), kind
         self.image_columns, self.target_columns = list(image_columns), list(target_columns)
         self.subject_column, self.class_names, self.split_column = subject_column, class_names, split_column
         super().__init__(**kwargs)

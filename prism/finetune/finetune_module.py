@@ -13,6 +13,7 @@ whole volumes with sliding windows. After ``trainer.test`` the metrics of every 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -25,11 +26,20 @@ from torch import nn
 
 from prism.finetune.layer_decay import param_groups_layer_decay
 from prism.finetune.metrics import TaskMetrics, write_metrics
-from prism.finetune.networks import NETWORK_OPTIONS, plain_options
+from prism.finetune.networks import BACKBONE_OPTIONS, NETWORK_OPTIONS, backbone_for, build_finetune_network, plain_options
 from prism.finetune.task_spec import TaskSpec
 from prism.training.optim import OptimizerFactory, SchedulerFactory
 
 log = logging.getLogger(__name__)
+
+
+def with_loaded_backbone(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Load the backbone of a :func:`build_finetune_network` partial now, so that a missing or wrong
+    checkpoint fails when the module is built (before any data is made), not in ``setup``."""
+    if not isinstance(factory, functools.partial) or factory.func is not build_finetune_network or "backbone" in factory.keywords:
+        return factory
+    options = {k: factory.keywords[k] for k in BACKBONE_OPTIONS if k in factory.keywords}
+    return functools.partial(factory, backbone=backbone_for(**options))
 
 
 class FinetuneModule(L.LightningModule):
@@ -63,7 +73,7 @@ class FinetuneModule(L.LightningModule):
         if lr <= 0:
             raise ValueError(f"lr={lr} must be positive (module.lr).")
         self.net = net if isinstance(net, nn.Module) else None
-        self.net_factory = None if isinstance(net, nn.Module) else net
+        self.net_factory = None if isinstance(net, nn.Module) else with_loaded_backbone(net)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lr, self.weight_decay, self.layer_decay = lr, weight_decay, layer_decay
         self.output_dir = output_dir

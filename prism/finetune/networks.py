@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from prism.finetune.backbone import Backbone
 from prism.finetune.checkpoint import load_backbone
 from prism.finetune.heads import PredictionNetwork
 from prism.finetune.segmentation_head import SegmentationNetwork
@@ -45,6 +46,7 @@ def build_finetune_network(
     head: Mapping[str, Any] | None = None,
     segmentation: Mapping[str, Any] | None = None,
     roi_size: Sequence[int] | None = None,
+    backbone: Backbone | None = None,
 ) -> nn.Module:
     """A :class:`PredictionNetwork` or :class:`SegmentationNetwork` for ``task``.
 
@@ -61,30 +63,52 @@ def build_finetune_network(
         head: :class:`PredictionNetwork` options (pooling, hidden_dim, dropout, view_dropout).
         segmentation: :class:`SegmentationNetwork` options (feature_size, norm_name, sw_batch_size, overlap).
         roi_size: sliding-window size for segmentation inference (the training crop).
+        backbone: an already loaded :func:`backbone_for` result (FinetuneModule loads it at
+            construction, so a bad checkpoint fails before any data is made); the six
+            backbone arguments above are then not used.
 
     Raises:
         ValueError: unknown mode, or a mode that needs a checkpoint without one.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}; use one of {list(MODES)} (finetune.mode).")
-    if checkpoint is None and mode != "scratch":
-        raise ValueError(f"mode={mode} needs a pretrained encoder: set finetune.checkpoint=PATH (a .ckpt or a `prism export` folder), or use finetune.mode=scratch.")
-    architecture = plain_options(encoder)
-    backbone = load_backbone(
-        checkpoint,
-        feature_source=feature_source,
-        frozen=mode == "linear_probe",
-        random_init=mode == "scratch",
-        architecture=architecture,
-        anatomy_dim=anatomy_dim,
-        drop_path_rate=0.0 if mode == "linear_probe" else drop_path_rate,
-    )
+    if backbone is None:
+        backbone = backbone_for(checkpoint, mode, feature_source, encoder, anatomy_dim, drop_path_rate)
     if task.kind == "segmentation":
         network: nn.Module = SegmentationNetwork(backbone, task, roi_size=roi_size, **plain_options(segmentation))
     else:
         network = PredictionNetwork(backbone, task, **plain_options(head))
     network.mode = mode  # read by FinetuneModule (which layers train, layer decay or not)
     return network
+
+
+BACKBONE_OPTIONS = ("checkpoint", "mode", "feature_source", "encoder", "anatomy_dim", "drop_path_rate")
+
+
+def backbone_for(
+    checkpoint: str | None = None,
+    mode: str = "finetune",
+    feature_source: str = "encoder",
+    encoder: Mapping[str, Any] | None = None,
+    anatomy_dim: int | None = None,
+    drop_path_rate: float = 0.0,
+) -> Backbone:
+    """The backbone of :func:`build_finetune_network` (same arguments): loaded, frozen or random per ``mode``.
+
+    Raises:
+        ValueError: unknown mode, a mode that needs a checkpoint without one, a bad checkpoint.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; use one of {list(MODES)} (finetune.mode).")
+    if checkpoint is None and mode != "scratch":
+        raise ValueError(f"mode={mode} needs a pretrained encoder: set finetune.checkpoint=PATH (a .ckpt or a `prism export` folder), or use finetune.mode=scratch.")
+    return load_backbone(
+        checkpoint,
+        feature_source=feature_source,
+        frozen=mode == "linear_probe",
+        random_init=mode == "scratch",
+        architecture=plain_options(encoder),
+        anatomy_dim=anatomy_dim,
+        drop_path_rate=0.0 if mode == "linear_probe" else drop_path_rate,
+    )
 
 
 def load_finetuned_network(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
