@@ -182,3 +182,11 @@ def test_csv_segmentation_discovers_label_values(tmp_path):
     dm = CsvTaskDataModule(str(csv_tree(tmp_path, rows)), "segmentation", ["T1w"], ["seg"], crop_size=CROP)
     assert dm.task.kind == "segmentation" and dm.task.output_names == ["background", "class_1", "class_5"]
     assert sorted(np.unique(dm.datasets["train"].volumes(0)[2]).tolist()) == [0, 1, 2]  # value 5 -> class 2
+
+
+def test_unknown_or_missing_sequences_are_named(tmp_path):
+    root = brats_tree(tmp_path / "brats", skip_flair_of="case01")
+    with pytest.raises(AdapterError, match="data.sequences \\['T2w'\\] are not in this dataset; it has \\['FLAIR', 'T1w'\\]"):
+        BratsFolderDataModule(str(root), **BRATS, sequences=["T2w"])
+    with pytest.raises(AdapterError, match="Case 'case01' has none of the sequences \\['FLAIR'\\]"):
+        BratsFolderDataModule(str(root), **BRATS, sequences=["FLAIR"])

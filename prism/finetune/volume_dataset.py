@@ -254,8 +254,15 @@ class FolderTaskDataModule(L.LightningDataModule):
         self.test_set_names = ["test"]
         self.label_lookup: np.ndarray | None = None
         self.cases, self.task = self.discover()
-        self.sequences = self.requested_sequences or sorted({s for c in self.cases for s in c.images})
+        available = sorted({s for c in self.cases for s in c.images})
+        self.sequences = self.requested_sequences or available
+        unknown = sorted(set(self.sequences) - set(available))
+        if unknown:
+            raise AdapterError(f"data.sequences {unknown} are not in this dataset; it has {available}.")
         for case in self.cases:
+            case.images = {name: case.images.get(name) for name in self.sequences}
+            if not any(case.images.values()):
+                raise AdapterError(f"Case {case.subject_id!r} has none of the sequences {self.sequences}; remove it or add one.")
             check_case_shapes(case)
         assign_splits(self.cases, val_fraction, test_fraction, seed)
         self.check_training_classes()
