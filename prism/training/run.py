@@ -55,8 +55,13 @@ def plan_distribution(cfg: DictConfig) -> BatchPlan:
     devices = devices_per_node(trainer_cfg.get("devices", 1), str(trainer_cfg.get("accelerator", "auto")))
     num_nodes = int(trainer_cfg.get("num_nodes", 1))
     check_slurm_layout(devices, num_nodes)
+    per_device = cfg.data.get("batch_size")
+    if per_device is None:  # a datamodule without a batch size (e.g. another task's): no global-batch rule
+        if cfg.get("global_batch_size") is not None:
+            raise ValueError("global_batch_size needs data.batch_size, which this data config does not have; drop global_batch_size.")
+        per_device = 1
     plan = plan_global_batch(
-        per_device=int(cfg.data.batch_size),
+        per_device=int(per_device),
         world_size=devices * num_nodes,
         global_batch_size=cfg.get("global_batch_size"),
         accumulate=int(trainer_cfg.get("accumulate_grad_batches", 1)),
