@@ -251,13 +251,15 @@ class RandomTaskDataModule(L.LightningDataModule):
         return [DataLoader(RandomTask(self.task, 2, self.size), batch_size=2), DataLoader(RandomTask(self.task, 3, self.size), batch_size=2)]
 
 
-def fit_and_test(pretrained: Path, task: TaskSpec, mode: str, out: Path, steps: int = 2):
+def fit_and_test(pretrained: Path, task: TaskSpec, mode: str, out: Path, steps: int = 2, test: bool = True):
     factory = functools.partial(build_finetune_network, checkpoint=str(pretrained), mode=mode, segmentation={"feature_size": 8})
     module = FinetuneModule(factory, optimizer=functools.partial(torch.optim.AdamW), lr=1e-2, output_dir=str(out))
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)
     datamodule = RandomTaskDataModule(task, 16)  # a 32^3 encoder on 16^3 inputs (interpolated positions)
     trainer.fit(module, datamodule=datamodule)
+    if not test:
+        return module, []
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     trainer.save_checkpoint(out / "finetuned.ckpt")
     return module, results
@@ -265,10 +267,10 @@ def fit_and_test(pretrained: Path, task: TaskSpec, mode: str, out: Path, steps: 
 
 def test_linear_probe_leaves_the_encoder_unchanged_and_finetune_changes_it(pretrained, tmp_path):
     before = load_backbone(pretrained).encoder.state_dict()
-    probe, _ = fit_and_test(pretrained, CLS, "linear_probe", tmp_path / "probe")
+    probe, _ = fit_and_test(pretrained, CLS, "linear_probe", tmp_path / "probe", test=False)
     assert all(torch.equal(v, before[k]) for k, v in probe.net.backbone.encoder.state_dict().items())
     assert not any(p.requires_grad for p in probe.net.backbone.parameters()) and not probe.net.backbone.training
-    tuned, _ = fit_and_test(pretrained, CLS, "finetune", tmp_path / "tuned")
+    tuned, _ = fit_and_test(pretrained, CLS, "finetune", tmp_path / "tuned", test=False)
     changed = [k for k, v in tuned.net.backbone.encoder.state_dict().items() if not torch.equal(v, before[k])]
     assert "blocks.1.attn.qkv.weight" in changed
 
