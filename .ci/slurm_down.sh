@@ -7,7 +7,16 @@ set -uo pipefail
 STATE=${PRISM_SLURM_DIR:-/tmp/prism-slurm}
 say() { echo "slurm_down: $*"; }
 
-if [ -s "$STATE/run/slurmctld.pid" ] && kill -0 "$(cat "$STATE/run/slurmctld.pid")" 2>/dev/null; then
+# is_daemon PID NAME: PID is a live (not zombie) process called NAME; a stale pid file may name a
+# pid that the system has since given to another process, which must not be signalled.
+is_daemon() {
+    local comm state
+    [ -r "/proc/$1/stat" ] || return 1
+    read -r _ comm state _ <"/proc/$1/stat" || return 1
+    [ "$comm" = "($2)" ] && [ "$state" != Z ]
+}
+
+if [ -s "$STATE/run/slurmctld.pid" ] && is_daemon "$(cat "$STATE/run/slurmctld.pid")" slurmctld; then
     scancel --quiet --user="$(id -un)" 2>/dev/null || true
 fi
 
@@ -15,10 +24,10 @@ stop() {  # stop NAME PIDFILE: SIGTERM, wait up to 10 s, then SIGKILL
     local name=$1 pidfile=$2 pid
     [ -s "$pidfile" ] || { say "$name: not started here"; return 0; }
     pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
+    if is_daemon "$pid" "$name"; then
         kill -TERM "$pid"
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        for _ in $(seq 100); do is_daemon "$pid" "$name" || break; sleep 0.1; done
+        is_daemon "$pid" "$name" && kill -KILL "$pid"
         say "$name (pid $pid) stopped"
     else
         say "$name (pid $pid) was not running"

@@ -42,10 +42,20 @@ fi
 chown munge:munge /etc/munge /etc/munge/munge.key && chmod 700 /etc/munge && chmod 400 /etc/munge/munge.key
 mkdir -p /run/munge /var/lib/munge /var/log/munge
 chown munge:munge /run/munge /var/lib/munge /var/log/munge
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-if alive "$STATE/run/munged.pid"; then
+# alive PIDFILE NAME: the pid file names a live (not zombie) process called NAME. A pid file left by
+# daemons that were killed (the end of an earlier session) may name a zombie or a reused pid; a
+# plain `kill -0` would take either for the daemon and skip starting it.
+alive() {
+    local pid comm state
+    [ -s "$1" ] || return 1
+    pid=$(cat "$1")
+    [ -r "/proc/$pid/stat" ] || return 1
+    read -r _ comm state _ <"/proc/$pid/stat" || return 1
+    [ "$comm" = "($2)" ] && [ "$state" != Z ]
+}
+if alive "$STATE/run/munged.pid" munged; then
     say "munged already running (pid $(cat "$STATE/run/munged.pid"))"
-elif alive /run/munge/munged.pid; then  # started by someone else: use it, and leave it running on slurm_down
+elif alive /run/munge/munged.pid munged; then  # started by someone else: use it, and leave it running on slurm_down
     say "using the munged that was already running (pid $(cat /run/munge/munged.pid))"
 else
     rm -f /run/munge/munged.pid
@@ -104,12 +114,14 @@ elif [ "$(readlink -f /etc/slurm/slurm.conf)" != "$(readlink -f "$CONF")" ]; the
 fi
 
 # ---------------------------------------------------------------------- daemons
-if alive "$STATE/run/slurmctld.pid"; then
+if alive "$STATE/run/slurmctld.pid" slurmctld; then
     say "slurmctld already running (pid $(cat "$STATE/run/slurmctld.pid"))"
 else
-    slurmctld -f "$CONF" -i || die "slurmctld did not start; see $STATE/log/slurmctld.log"
+    # -c: a freshly started controller forgets the jobs and node states saved by an earlier one,
+    # whose job processes are gone (a saved "idle" node with no slurmd behind it queues jobs forever).
+    slurmctld -f "$CONF" -c -i || die "slurmctld did not start; see $STATE/log/slurmctld.log"
 fi
-if alive "$STATE/run/slurmd.pid"; then
+if alive "$STATE/run/slurmd.pid" slurmd; then
     say "slurmd already running (pid $(cat "$STATE/run/slurmd.pid"))"
 else
     slurmd -f "$CONF" || die "slurmd did not start; see $STATE/log/slurmd.log"
@@ -129,3 +141,13 @@ while :; do
     sleep 1
 done
 say "cluster up: node $HOST ($CPUS CPUs, ${MEM_MB} MB) is $node_state; config $CONF"
+# A job must really run: the node may look idle to the controller while no slurmd serves it.
+srun --quiet --time=1 -n 1 true >/dev/null 2>&1 &
+probe=$!
+for _ in $(seq 60); do kill -0 "$probe" 2>/dev/null || break; sleep 1; done
+if kill -0 "$probe" 2>/dev/null; then
+    kill "$probe" 2>/dev/null
+    die "a 1-task test job did not finish in 60 s; see $STATE/log/slurmctld.log and slurmd.log, and 'squeue -o \"%i %T %r\"'"
+fi
+wait "$probe" || die "a 1-task test job failed; see $STATE/log/slurmd.log"
+say "a test job ran"

@@ -8,6 +8,7 @@ CPU) from the repository root with a tiny network, so the job script, ``slurm/la
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -67,6 +68,21 @@ def job_fields(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", result.stdout))
 
 
+def cluster_diagnosis(job_id: str) -> str:
+    """What a person would look at when a job does not run: its state and reason, the node, the daemons' logs."""
+    fields = job_fields(job_id)
+    lines = [f"job {job_id}: JobState={fields.get('JobState')} Reason={fields.get('Reason')} NodeList={fields.get('NodeList')}"]
+    for command in (["sinfo", "-N", "-o", "%N %T %E"], ["squeue", "-o", "%i %T %r %M"]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        lines.append(f"$ {' '.join(command)}\n{result.stdout.strip()}{result.stderr.strip()}")
+    state_dir = Path(os.environ.get("PRISM_SLURM_DIR", "/tmp/prism-slurm")) / "log"
+    for name in ("slurmctld.log", "slurmd.log"):
+        path = state_dir / name
+        if path.exists():
+            lines.append(f"--- last lines of {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
+    return "\n".join(lines)
+
+
 def wait_until_done(job_id: str, output: Path, timeout_s: float) -> dict[str, str]:
     """Poll the job until it ends (a requeued job passes through PENDING and RUNNING again)."""
     deadline = time.monotonic() + timeout_s
@@ -75,18 +91,33 @@ def wait_until_done(job_id: str, output: Path, timeout_s: float) -> dict[str, st
         if fields.get("JobState") in TERMINAL_STATES:
             return fields
         time.sleep(2)
+    diagnosis = cluster_diagnosis(job_id)
     subprocess.run(["scancel", job_id], timeout=30)
     log = output.read_text() if output.exists() else "(no output file)"
-    pytest.fail(f"job {job_id} did not finish in {timeout_s:.0f} s ({job_fields(job_id).get('JobState')}); output:\n{log[-3000:]}")
+    pytest.fail(f"job {job_id} did not finish in {timeout_s:.0f} s; output:\n{log[-3000:]}\n{diagnosis}")
 
 
-def wait_for_text(output: Path, pattern: str, timeout_s: float) -> None:
+def wait_for_text(output: Path, pattern: str, timeout_s: float, job_id: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if output.exists() and re.search(pattern, output.read_text()):
             return
         time.sleep(0.5)
-    pytest.fail(f"'{pattern}' did not appear in {output} within {timeout_s:.0f} s")
+    log = output.read_text()[-3000:] if output.exists() else "(no output file)"
+    pytest.fail(f"'{pattern}' did not appear in {output} within {timeout_s:.0f} s; output:\n{log}\n{cluster_diagnosis(job_id)}")
+
+
+def wait_for_logged_step(run: Path, step: int, timeout_s: float, job_id: str) -> None:
+    """Wait until the run's CSV log has a row at or after ``step`` (train/loss is logged every step)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for metrics in run.glob("csv/version_*/metrics.csv"):
+            with metrics.open(newline="") as handle:
+                logged = [int(row["step"]) for row in csv.DictReader(handle) if row.get("step")]
+            if logged and max(logged) >= step:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"{run} logged no step >= {step} within {timeout_s:.0f} s\n{cluster_diagnosis(job_id)}")
 
 
 def run_dir(log_dir: Path, job_id: str) -> Path:
@@ -110,11 +141,13 @@ def test_two_task_job_trains_on_both_ranks_and_rank_zero_writes_one_checkpoint(t
 
 
 def test_preempted_job_requeues_resumes_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path):
-    steps = 16
+    steps = 40
     preempted_dir, reference_dir = tmp_path / "preempted", tmp_path / "reference"
-    job_id, output = submit(preempted_dir, f"trainer.max_steps={steps}")
-    wait_for_text(output, r"Optimizer lr", timeout_s=180)  # training has started on both ranks
-    time.sleep(6)  # a few steps in (the first step is the slowest)
+    # metrics.csv flushed every step: the test signals once training is a few steps in, however
+    # fast or slow this machine is (a fixed sleep either lands after the end or before the start).
+    job_id, output = submit(preempted_dir, f"trainer.max_steps={steps}", "++logger.csv.flush_logs_every_n_steps=1")
+    wait_for_text(output, r"Optimizer lr", timeout_s=180, job_id=job_id)  # training has started on both ranks
+    wait_for_logged_step(run_dir(preempted_dir, job_id), step=3, timeout_s=120, job_id=job_id)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=30)  # SLURM's warning signal
     # The uninterrupted run queues behind it (both need the node's 2 CPUs).
     reference_id, reference_output = submit(reference_dir, f"trainer.max_steps={steps}")
