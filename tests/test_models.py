@@ -109,3 +109,20 @@ def test_no_weight_decay_names_exist():
     net = PretrainNetwork(tiny_encoder(), decoder_dim=32, decoder_depth=1, decoder_heads=4)
     names = {n for n, _ in net.named_parameters()} | {n for n, _ in net.named_buffers()}
     assert net.no_weight_decay() <= names
+
+
+def test_latent_split_sequence_pool_reads_the_chosen_tokens():
+    from prism.models.latent_split import LatentSplit
+
+    torch.manual_seed(0)
+    patches, cls = torch.randn(2, 5, 8), torch.randn(2, 8)
+    cls_only = LatentSplit(8, anatomy_dim=4, sequence_dim=3, sequence_pool="cls")
+    both = LatentSplit(8, anatomy_dim=4, sequence_dim=3, sequence_pool="cls_and_patches")
+    both.load_state_dict(cls_only.state_dict())
+    _, code_cls = cls_only(patches, cls)
+    _, code_cls_changed_patches = cls_only(patches + 1.0, cls)
+    _, code_both_changed_patches = both(patches + 1.0, cls)
+    assert torch.allclose(code_cls, code_cls_changed_patches)
+    assert not torch.allclose(code_cls, code_both_changed_patches)
+    with pytest.raises(ValueError, match="sequence_pool"):
+        LatentSplit(8, sequence_pool="mean")

@@ -19,17 +19,24 @@ class LatentSplit(nn.Module):
         embed_dim: encoder width E.
         anatomy_dim: width of the anatomy tokens.
         sequence_dim: width of the pooled sequence code.
+        sequence_pool: what the code is read from: ``cls`` (the class token, which attends to every
+            patch, so the patch tokens the anatomy part projects need not carry the sequence) or
+            ``cls_and_patches`` (the mean of the class token and the average patch token).
     """
 
-    def __init__(self, embed_dim: int, anatomy_dim: int = 192, sequence_dim: int = 64):
+    POOLS = ("cls", "cls_and_patches")
+
+    def __init__(self, embed_dim: int, anatomy_dim: int = 192, sequence_dim: int = 64, sequence_pool: str = "cls_and_patches"):
         super().__init__()
         if anatomy_dim <= 0 or sequence_dim <= 0:
             raise ValueError(f"anatomy_dim and sequence_dim must be positive, got {anatomy_dim} and {sequence_dim}.")
-        self.anatomy_dim, self.sequence_dim = anatomy_dim, sequence_dim
+        if sequence_pool not in self.POOLS:
+            raise ValueError(f"sequence_pool={sequence_pool!r} is not one of {self.POOLS} (model.sequence_pool).")
+        self.anatomy_dim, self.sequence_dim, self.sequence_pool = anatomy_dim, sequence_dim, sequence_pool
         self.anatomy = nn.Linear(embed_dim, anatomy_dim)
         self.sequence = nn.Sequential(nn.Linear(embed_dim, sequence_dim), nn.GELU(), nn.Linear(sequence_dim, sequence_dim))
 
     def forward(self, patch_tokens: torch.Tensor, cls_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(anatomy [N, K, A], sequence_code [N, S])``; the code pools the class and patch tokens."""
-        pooled = 0.5 * (cls_token + patch_tokens.mean(dim=1))
+        """Return ``(anatomy [N, K, A], sequence_code [N, S])``."""
+        pooled = cls_token if self.sequence_pool == "cls" else 0.5 * (cls_token + patch_tokens.mean(dim=1))
         return self.anatomy(patch_tokens), self.sequence(pooled)

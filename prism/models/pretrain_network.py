@@ -20,6 +20,7 @@ class PretrainNetwork(nn.Module):
         encoder: the 3D ViT to pretrain (the part that is exported for fine-tuning).
         anatomy_dim, sequence_dim: widths of the two latent parts.
         decoder_dim, decoder_depth, decoder_heads: MAE decoder size.
+        sequence_pool: where the sequence code is read from (see :class:`LatentSplit`).
     """
 
     def __init__(
@@ -30,10 +31,11 @@ class PretrainNetwork(nn.Module):
         decoder_dim: int = 256,
         decoder_depth: int = 4,
         decoder_heads: int = 8,
+        sequence_pool: str = "cls_and_patches",
     ):
         super().__init__()
         self.encoder = encoder
-        self.split = LatentSplit(encoder.embed_dim, anatomy_dim, sequence_dim)
+        self.split = LatentSplit(encoder.embed_dim, anatomy_dim, sequence_dim, sequence_pool)
         patch_voxels = int(torch.tensor(encoder.patch_size).prod()) * encoder.in_chans
         self.decoder = MAEDecoder3d(
             anatomy_dim, sequence_dim, encoder.grid, patch_voxels, decoder_dim, decoder_depth, decoder_heads
