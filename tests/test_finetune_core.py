@@ -312,3 +312,21 @@ def test_metrics_on_known_answers():
     reg.update(torch.tensor([[0.0, 0.0], [2.0, 1.0]]), torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
     result = reg.compute()
     assert result["mae_TR"] == 0.0 and result["mae_TE"] == pytest.approx(0.02 * 0.5) and result["r2_TR"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "data,spacing,mode",
+    [
+        ({"crop_size": [64] * 3, "spacing_mm": 2.0, "artefacts": {"normalise_percentile": 99.0}}, 2.0, "percentile"),
+        ({"crop_size": [96] * 3, "preprocess": {"spacing": [1.0, 1.0, 1.0], "normalize": "zscore"}}, 1.0, "zscore"),
+        ({"crop_size": [96] * 3, "sources": {"manifest": {"preprocess": {"spacing": [0.5, 0.5, 3.0]}}, "synth": {"spacing_mm": 1.0}}}, [0.5, 0.5, 3.0], "percentile"),
+    ],
+    ids=["synth", "manifest", "mixed"],
+)
+def test_exported_preprocessing_reads_every_data_layout(data, spacing, mode):
+    from prism.finetune.checkpoint import preprocessing_from_config
+
+    described = preprocessing_from_config({"data": data})
+    assert described["spacing_mm"] == spacing
+    assert described["normalization"]["mode"] == mode
+    assert described["crop_size"] == data["crop_size"]

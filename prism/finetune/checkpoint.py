@@ -181,17 +181,32 @@ def _strip(key: str, prefixes: tuple[str, ...]) -> str | None:
 
 
 def preprocessing_from_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The input conventions a pretraining run used (what a user must reproduce to feed the encoder)."""
+    """The input conventions a pretraining run used (what a user must reproduce to feed the encoder).
+
+    Reads the synthetic layout (``data.spacing_mm``, ``data.artefacts``), the manifest layout
+    (``data.preprocess``) and the mixed layout (``data.sources.manifest.preprocess``; a real
+    store defines the conventions there, the synthetic source is set to match it).
+    """
     data = config.get("data") or {}
-    artefacts = data.get("artefacts") or {}
+    sources = data.get("sources") or {}
+    real = sources.get("manifest") or (data if "preprocess" in data else {})
+    synth = sources.get("synth") or (data if "preprocess" not in data else {})
+    preprocess = real.get("preprocess") or {}
+    artefacts = synth.get("artefacts") or {}
+    spacing = preprocess.get("spacing")
+    if spacing is not None:
+        spacing = [float(s) for s in spacing]
+        spacing = spacing[0] if len(set(spacing)) == 1 else spacing
+    else:
+        spacing = synth.get("spacing_mm")
     return {
         "crop_size": data.get("crop_size"),
-        "spacing_mm": data.get("spacing_mm"),
+        "spacing_mm": spacing,
         "orientation": "RAS",
         "normalization": {
-            "mode": data.get("normalize", "percentile"),
-            "percentile": artefacts.get("normalise_percentile", data.get("percentile", 99.5)),
-            "clip_max": artefacts.get("clip_max", data.get("clip_max", 1.5)),
+            "mode": preprocess.get("normalize", "percentile"),
+            "percentile": preprocess.get("percentile", artefacts.get("normalise_percentile", 99.5)),
+            "clip_max": preprocess.get("clip_max", artefacts.get("clip_max", 1.5)),
         },
     }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def window_starts(length: int, window: int) -> list[int]:
     return list(range(0, max(length, 1), window))
 
 
-def prepare_volume(path: str, sequence: str, spacing_mm: float, normalization: dict[str, Any]) -> np.ndarray:
+def prepare_volume(path: str, sequence: str, spacing_mm: float | Sequence[float], normalization: dict[str, Any]) -> np.ndarray:
     """Read, resample to ``spacing_mm`` (RAS+), crop to the foreground and scale one volume.
 
     Raises:
@@ -52,7 +53,8 @@ def prepare_volume(path: str, sequence: str, spacing_mm: float, normalization: d
     if failures:
         raise VolumeError("; ".join(failures))
     data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    grid = canonical_grid(image.affine, data.shape, (spacing_mm,) * 3)
+    spacing = tuple(float(s) for s in spacing_mm) if isinstance(spacing_mm, (list, tuple)) else (float(spacing_mm),) * 3
+    grid = canonical_grid(image.affine, data.shape, spacing)
     volume = resample(data, image.affine, grid)
     volume = np.ascontiguousarray(volume[foreground_box(volume)], dtype=np.float32)
     volume, _ = normalize_intensity(volume, normalization.get("mode", "percentile"), float(normalization.get("percentile", 99.5)),
@@ -101,7 +103,7 @@ def embed_manifest(
         raise ValueError(f"--out {out} must end in .parquet.")
     backbone = load_backbone(checkpoint, feature_source=feature_source, frozen=True).to(device).eval()
     meta = backbone.metadata
-    spacing = float(meta.get("spacing_mm") or 1.0)
+    spacing = meta.get("spacing_mm") or 1.0  # one value (isotropic) or three (mm, RAS+)
     crop = tuple(int(c) for c in (meta.get("crop_size") or meta["encoder"]["img_size"]))
     normalization = meta.get("normalization") or {}
     rows = usable_rows(read_manifest(manifest, data_root))
