@@ -1,12 +1,14 @@
 """Each objective on hand-made tensors: known values, zeros, where gradients flow, skipping."""
 
 import logging
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import make_batch
-from prism.objectives.adversarial_sequence import reverse_gradient
+from prism.objectives.adversarial_sequence import AdversarialSequence, confusion_loss, reverse_gradient
 from prism.objectives.cross_sequence_invariance import CrossSequenceInvariance, covariance_penalty, variance_hinge
 from prism.objectives.masked_reconstruction import masked_patch_mse, normalise_patches
 from prism.objectives.sequence_head import SequenceHead, denormalise_acquisition, normalise_acquisition
@@ -99,22 +101,53 @@ def test_full_objective_step_gradients_reach_where_intended(tiny_module):
     assert missing == []
 
 
-def test_adversary_pushes_encoder_against_its_classifier(tiny_module):
-    """The adversary's classifier and the encoder receive opposite-signed gradients through the anatomy."""
-    step = tiny_module.forward_step(make_batch())
-    anatomy = step.features["anatomy"]
-    anatomy.retain_grad()
-    adversary = tiny_module.objectives["adversarial"]
-    pooled, _ = adversary.logits(anatomy)
-    loss = torch.nn.functional.cross_entropy(pooled, step.sequence_id)
-    grad_plain = torch.autograd.grad(loss, pooled, retain_graph=True)[0]
-    loss.backward()
-    # reconstruct what the anatomy would have got without reversal: through the same classifier
-    detached = anatomy.detach().requires_grad_(True)
-    plain_logits = adversary.classifier(detached.float().mean(1))
-    torch.nn.functional.cross_entropy(plain_logits, step.sequence_id).backward()
-    assert torch.allclose(anatomy.grad, -detached.grad, atol=1e-6)
-    assert grad_plain.abs().sum() > 0
+def _adversarial_step(anatomy: torch.Tensor, sequence_id: torch.Tensor) -> SimpleNamespace:
+    """The fields of a PretrainStep that the adversarial objective reads."""
+    return SimpleNamespace(features={"anatomy": anatomy}, sequence_id=sequence_id,
+                           view_present=torch.ones(len(sequence_id), dtype=torch.bool))
+
+
+def test_adversary_reversal_mode_pushes_encoder_against_its_classifier():
+    torch.manual_seed(0)
+    adversary = AdversarialSequence(anatomy_dim=8, hidden_dim=16, mode="reversal", reversal_scale=0.5)
+    anatomy = torch.randn(6, 5, 8, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    adversary.compute(_adversarial_step(anatomy, target)).backward()
+    plain = anatomy.detach().requires_grad_(True)
+    adversary._cross_entropy(*adversary.logits(plain), target).backward()
+    assert torch.allclose(anatomy.grad, -0.5 * plain.grad, atol=1e-6)
+
+
+def test_adversary_confusion_mode_splits_the_gradients():
+    """The classifier learns only from its cross-entropy; the encoder only from the confusion term."""
+    torch.manual_seed(0)
+    adversary = AdversarialSequence(anatomy_dim=8, hidden_dim=16, mode="confusion", reversal_scale=0.3)
+    anatomy = torch.randn(6, 5, 8, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    adversary.compute(_adversarial_step(anatomy, target)).backward()
+    classifier_grad = [p.grad.clone() for p in adversary.classifier.parameters()]
+    adversary.zero_grad()
+    adversary._cross_entropy(*adversary.logits(anatomy.detach()), target).backward()
+    assert all(torch.allclose(a, p.grad) for a, p in zip(classifier_grad, adversary.classifier.parameters()))
+    plain = anatomy.detach().requires_grad_(True)
+    pooled, tokens = adversary.logits(plain)
+    classes = target.unique()
+    (0.3 * 0.5 * (confusion_loss(pooled, classes) + confusion_loss(tokens, classes))).backward()
+    assert torch.allclose(anatomy.grad, plain.grad, atol=1e-6)
+
+
+def test_confusion_is_minimal_at_uniform_and_cannot_be_won_by_relabelling():
+    classes = torch.tensor([0, 1, 2, 3])
+    uniform = torch.zeros(4, 6)
+    confident_wrong = torch.full((4, 6), -10.0)
+    confident_wrong[torch.arange(4), (torch.arange(4) + 1) % 4] = 10.0  # every sample predicted as the next class
+    assert confusion_loss(uniform[:, :4], classes).item() == pytest.approx(math.log(4), abs=1e-6)
+    assert confusion_loss(confident_wrong, classes) > confusion_loss(uniform, classes) + 1.0
+
+
+def test_adversary_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        AdversarialSequence(mode="gan")
 
 
 def test_pair_objectives_skip_single_sequence_batches_with_one_warning(tiny_module, caplog):
