@@ -107,12 +107,18 @@ def _adversarial_step(anatomy: torch.Tensor, sequence_id: torch.Tensor) -> Simpl
                            view_present=torch.ones(len(sequence_id), dtype=torch.bool))
 
 
-def test_adversary_reversal_mode_pushes_encoder_against_its_classifier():
+def _adversary_after_one_backward(mode: str, reversal_scale: float):
+    """A small adversary, its anatomy input and targets, after one backward pass of its loss."""
     torch.manual_seed(0)
-    adversary = AdversarialSequence(anatomy_dim=8, hidden_dim=16, mode="reversal", reversal_scale=0.5)
+    adversary = AdversarialSequence(anatomy_dim=8, hidden_dim=16, mode=mode, reversal_scale=reversal_scale)
     anatomy = torch.randn(6, 5, 8, requires_grad=True)
     target = torch.tensor([0, 1, 2, 0, 1, 2])
     adversary.compute(_adversarial_step(anatomy, target)).backward()
+    return adversary, anatomy, target
+
+
+def test_adversary_reversal_mode_pushes_encoder_against_its_classifier():
+    adversary, anatomy, target = _adversary_after_one_backward("reversal", 0.5)
     plain = anatomy.detach().requires_grad_(True)
     adversary._cross_entropy(*adversary.logits(plain), target).backward()
     assert torch.allclose(anatomy.grad, -0.5 * plain.grad, atol=1e-6)
@@ -120,11 +126,7 @@ def test_adversary_reversal_mode_pushes_encoder_against_its_classifier():
 
 def test_adversary_confusion_mode_splits_the_gradients():
     """The classifier learns only from its cross-entropy; the encoder only from the confusion term."""
-    torch.manual_seed(0)
-    adversary = AdversarialSequence(anatomy_dim=8, hidden_dim=16, mode="confusion", reversal_scale=0.3)
-    anatomy = torch.randn(6, 5, 8, requires_grad=True)
-    target = torch.tensor([0, 1, 2, 0, 1, 2])
-    adversary.compute(_adversarial_step(anatomy, target)).backward()
+    adversary, anatomy, target = _adversary_after_one_backward("confusion", 0.3)
     classifier_grad = [p.grad.clone() for p in adversary.classifier.parameters()]
     adversary.zero_grad()
     adversary._cross_entropy(*adversary.logits(anatomy.detach()), target).backward()

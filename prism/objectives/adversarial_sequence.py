@@ -71,15 +71,13 @@ class AdversarialSequence(Objective):
         self.reversal_scale = reversal_scale
         self.classifier = nn.Sequential(nn.Linear(anatomy_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, NUM_SEQUENCE_TYPES))
 
-    def logits(self, anatomy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The adversary's pooled logits ``[N, T]`` and token logits ``[N, K, T]`` (plain forward)."""
-        anatomy = anatomy.float()
-        return self.classifier(anatomy.mean(dim=1)), self.classifier(anatomy)
+    def logits(self, anatomy: torch.Tensor, frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adversary's pooled logits ``[N, T]`` and token logits ``[N, K, T]``.
 
-    def _frozen_logits(self, anatomy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like :meth:`logits`, but no gradient reaches the classifier (only the encoder learns)."""
-        params = {name: p.detach() for name, p in self.classifier.named_parameters()}
+        ``frozen``: no gradient reaches the classifier's parameters (only the encoder learns).
+        """
         anatomy = anatomy.float()
+        params = {name: p.detach() if frozen else p for name, p in self.classifier.named_parameters()}
         call = torch.func.functional_call
         return call(self.classifier, params, (anatomy.mean(dim=1),)), call(self.classifier, params, (anatomy,))
 
@@ -96,7 +94,7 @@ class AdversarialSequence(Objective):
         if self.mode == "reversal":
             return self._cross_entropy(*self.logits(reverse_gradient(anatomy.float(), self.reversal_scale)), target)
         adversary = self._cross_entropy(*self.logits(anatomy.detach()), target)
-        pooled, tokens = self._frozen_logits(anatomy)
+        pooled, tokens = self.logits(anatomy, frozen=True)
         classes = target.unique()
         confusion = 0.5 * (confusion_loss(pooled, classes) + confusion_loss(tokens, classes))
         return adversary + self.reversal_scale * confusion
