@@ -80,6 +80,12 @@ def test_brats_label_value_not_declared_is_named(tmp_path):
         [dm.datasets["train"][i] for i in range(len(dm.datasets["train"]))]
 
 
+def test_contrast_augmentation_on_real_folders_names_the_fix(tmp_path):
+    # finetune_seg_invariant sets data.contrast_augmentation: true; a folder of real scans cannot be re-rendered
+    with pytest.raises(AdapterError, match="synthetic tissue maps.*~data.contrast_augmentation"):
+        BratsFolderDataModule(str(brats_tree(tmp_path / "brats")), contrast_augmentation=True, **BRATS)
+
+
 def test_mismatched_image_and_label_shapes_are_named(tmp_path):
     root = brats_tree(tmp_path / "brats")
     write(root / "case02" / "case02_t1.nii.gz", np.ones((20, 18, 14), np.float32))

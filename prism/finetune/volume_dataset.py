@@ -241,11 +241,19 @@ class FolderTaskDataModule(L.LightningDataModule):
         batch_size, num_workers: loader settings (segmentation evaluation uses batch 1: whole volumes differ in size).
         val_fraction, test_fraction: share of cases without a fixed split.
         seed: split and cropping seed.
+        contrast_augmentation: accepted so that recipes setting it (``finetune_seg_invariant``) fail with a clear
+            message: re-rendering under new sequences needs synthetic tissue maps, which a folder of scans lacks.
     """
 
     def __init__(self, crop_size=(64, 64, 64), spacing_mm: float | None = 2.0, sequences: list[str] | None = None,
-                 batch_size: int = 2, num_workers: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0):
+                 batch_size: int = 2, num_workers: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+                 contrast_augmentation: bool = False):
         super().__init__()
+        if contrast_augmentation:
+            raise AdapterError(
+                "data.contrast_augmentation=true re-renders training subjects from synthetic tissue maps, which a folder "
+                "of real scans does not have. Drop it for this dataset: add ~data.contrast_augmentation to the command."
+            )
         self.crop_size = tuple(int(c) for c in crop_size)
         self.spacing_mm = float(spacing_mm) if spacing_mm else None
         self.requested_sequences = list(sequences) if sequences else None

@@ -23,5 +23,5 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.fast_dev_run or trainer.global_step == 0:
             return
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-        trainer.save_checkpoint(str(path))  # every rank calls it; only rank zero writes
+        trainer.save_checkpoint(str(path), weights_only=False)  # full state for resuming; only rank zero writes
         self.last_model_path = str(path)

@@ -151,7 +151,7 @@ class PreemptionCheckpoint(Callback):
     def save(self, trainer: L.Trainer) -> Path:
         """Write ``hpc_ckpt_<step>.ckpt`` (every rank takes part) and drop older ones (rank zero)."""
         path = self.checkpoint_dir / f"hpc_ckpt_{trainer.global_step}.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state: this checkpoint is for resuming
         if trainer.is_global_zero:
             for old in self.checkpoint_dir.glob(HPC_CHECKPOINT_GLOB):
                 if old != path:
