@@ -126,3 +126,18 @@ def test_latent_split_sequence_pool_reads_the_chosen_tokens():
     assert not torch.allclose(code_cls, code_both_changed_patches)
     with pytest.raises(ValueError, match="sequence_pool"):
         LatentSplit(8, sequence_pool="mean")
+
+
+def test_decoder_sequence_conditioning_add_reaches_every_position_directly():
+    from prism.models.mae_decoder import MAEDecoder3d
+
+    torch.manual_seed(0)
+    anatomy, code, other_code = torch.randn(2, 8, 16), torch.randn(2, 4), torch.randn(2, 4)
+    # without blocks nothing attends, so only 'add' lets the code change the prediction
+    by_token = MAEDecoder3d(16, 4, (2, 2, 2), 8, embed_dim=16, depth=0, num_heads=4, sequence_conditioning="token")
+    by_add = MAEDecoder3d(16, 4, (2, 2, 2), 8, embed_dim=16, depth=0, num_heads=4, sequence_conditioning="add")
+    by_add.load_state_dict(by_token.state_dict())
+    assert torch.allclose(by_token(anatomy, code, None, (2, 2, 2)), by_token(anatomy, other_code, None, (2, 2, 2)))
+    assert not torch.allclose(by_add(anatomy, code, None, (2, 2, 2)), by_add(anatomy, other_code, None, (2, 2, 2)))
+    with pytest.raises(ValueError, match="sequence_conditioning"):
+        MAEDecoder3d(16, 4, (2, 2, 2), 8, embed_dim=16, depth=0, num_heads=4, sequence_conditioning="film")

@@ -1,8 +1,12 @@
 """Lightweight MAE decoder conditioned on a sequence code.
 
-Input: anatomy tokens of the kept patches plus one sequence code per volume. The code
-enters as a leading token every position can attend to, so decoding anatomy(A) with
-the code of sequence B renders A's anatomy with B's contrast (the swap objective).
+Input: anatomy tokens of the kept patches plus one sequence code per volume. Decoding
+anatomy(A) with the code of sequence B renders A's anatomy with B's contrast (the swap
+objective). How the code enters (``sequence_conditioning``):
+
+* ``token``: as a leading token every position can attend to (in-context conditioning);
+* ``add``: its embedding is added to every position as well, so every patch's reconstruction
+  error reaches the code directly (the way class or segment embeddings condition a transformer).
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ class MAEDecoder3d(nn.Module):
         grid: reference token grid (position table; other grids are interpolated).
         patch_voxels: voxels per patch times channels (prediction width).
         embed_dim, depth, num_heads, mlp_ratio: decoder transformer size (MAE: 512, 8, 16).
+        sequence_conditioning: ``token`` or ``add`` (see the module docstring).
     """
+
+    CONDITIONINGS = ("token", "add")
 
     def __init__(
         self,
@@ -36,10 +43,16 @@ class MAEDecoder3d(nn.Module):
         depth: int = 4,
         num_heads: int = 8,
         mlp_ratio: float = 4.0,
+        sequence_conditioning: str = "token",
     ):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"decoder embed_dim {embed_dim} must be divisible by decoder num_heads {num_heads}.")
+        if sequence_conditioning not in self.CONDITIONINGS:
+            raise ValueError(
+                f"sequence_conditioning={sequence_conditioning!r} is not one of {self.CONDITIONINGS} (model.sequence_conditioning)."
+            )
+        self.sequence_conditioning = sequence_conditioning
         self.grid = tuple(grid)
         self.embed = nn.Linear(anatomy_dim, embed_dim)
         self.sequence_embed = nn.Linear(sequence_dim, embed_dim)
@@ -77,7 +90,10 @@ class MAEDecoder3d(nn.Module):
             fill = self.mask_token.to(tokens.dtype).expand(n, length - tokens.shape[1], -1)
             tokens = gather_tokens(torch.cat([tokens, fill], dim=1), ids_restore)
         tokens = tokens + resize_pos_embed_3d(self.pos_embed, self.grid, grid).to(tokens.dtype)
-        tokens = torch.cat([self.sequence_embed(sequence_code).unsqueeze(1).to(tokens.dtype), tokens], dim=1)
+        code = self.sequence_embed(sequence_code).unsqueeze(1).to(tokens.dtype)
+        if self.sequence_conditioning == "add":
+            tokens = tokens + code
+        tokens = torch.cat([code, tokens], dim=1)
         for block in self.blocks:
             tokens = block(tokens)
         return self.pred(self.norm(tokens)[:, 1:])

@@ -21,6 +21,7 @@ class PretrainNetwork(nn.Module):
         anatomy_dim, sequence_dim: widths of the two latent parts.
         decoder_dim, decoder_depth, decoder_heads: MAE decoder size.
         sequence_pool: where the sequence code is read from (see :class:`LatentSplit`).
+        sequence_conditioning: how the decoder reads the code (see :class:`MAEDecoder3d`).
     """
 
     def __init__(
@@ -32,13 +33,15 @@ class PretrainNetwork(nn.Module):
         decoder_depth: int = 4,
         decoder_heads: int = 8,
         sequence_pool: str = "cls_and_patches",
+        sequence_conditioning: str = "token",
     ):
         super().__init__()
         self.encoder = encoder
         self.split = LatentSplit(encoder.embed_dim, anatomy_dim, sequence_dim, sequence_pool)
         patch_voxels = int(torch.tensor(encoder.patch_size).prod()) * encoder.in_chans
         self.decoder = MAEDecoder3d(
-            anatomy_dim, sequence_dim, encoder.grid, patch_voxels, decoder_dim, decoder_depth, decoder_heads
+            anatomy_dim, sequence_dim, encoder.grid, patch_voxels, decoder_dim, decoder_depth, decoder_heads,
+            sequence_conditioning=sequence_conditioning,
         )
 
     @property
