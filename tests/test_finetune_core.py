@@ -197,6 +197,26 @@ def test_segmentation_head_shapes_gradients_and_sliding_windows():
                                                               "embed_dim": 48, "num_heads": 2}), SEG)
 
 
+def test_segmentation_skip_source_final_tokens_reads_nothing_but_the_final_tokens(monkeypatch):
+    torch.manual_seed(0)
+    image, other_image = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    outputs = {}
+    for source in ("encoder", "final_tokens"):
+        network = SegmentationNetwork(small_backbone(), SEG, feature_size=8, skip_source=source).eval()
+        fixed, present = network.backbone.encode_views(image, None, return_layers=sorted(set(network.skip_layers)))
+        # the backbone now returns image's features whatever it is given: only the decoder's own inputs differ
+        monkeypatch.setattr(network.backbone, "encode_views", lambda *args, **kwargs: (fixed, present))
+        with torch.no_grad():
+            outputs[source] = network(image), network(other_image)
+        logits = network(image)
+        logits.square().mean().backward()
+        assert logits.shape == (1, 3, 16, 16, 16)
+    assert not torch.allclose(*outputs["encoder"])  # UNETR's raw-input skip sees the image itself
+    assert torch.allclose(*outputs["final_tokens"])
+    with pytest.raises(ValueError, match="skip_source"):
+        SegmentationNetwork(small_backbone(), SEG, skip_source="image")
+
+
 def test_layer_decay_scales_the_encoder_and_leaves_the_head_at_full_rate():
     network = PredictionNetwork(small_backbone(), CLS)
     groups = param_groups_layer_decay(network.named_parameters(), depth=2, weight_decay=0.05, layer_decay=0.5)

@@ -7,6 +7,11 @@ full-resolution skip. With a patch of ``2^k`` voxels the decoder has ``k`` upsam
 stages and reads ``k - 1`` intermediate blocks plus the final tokens (UNETR's 16^3 patches
 and 12 blocks: blocks 3, 6, 9 and the last).
 
+``skip_source="final_tokens"`` builds every skip from the final token map instead (no raw
+image, no intermediate blocks). With ``feature_source: anatomy`` the decoder then sees only the
+sequence-invariant anatomy part: the raw image and the early blocks carry the sequence, so a
+decoder fed them on one sequence learns that sequence's intensities and fails on others.
+
 Several sequences of a subject are encoded separately by the shared backbone and their
 feature maps averaged over the present views at every level, so the decoder runs once and
 a missing sequence is simply left out of the average.
@@ -62,7 +67,11 @@ class SegmentationNetwork(nn.Module):
         norm_name: MONAI norm of the decoder convolutions (``instance``, ``batch``, ``group``...).
         roi_size: window of sliding-window inference (the training crop); None = whole input at once.
         sw_batch_size, overlap: sliding-window settings (MONAI).
+        skip_source: ``encoder`` (UNETR: raw-input convolution + intermediate blocks) or
+            ``final_tokens`` (every skip upsampled from the final token map; see the module docstring).
     """
+
+    SKIP_SOURCES = ("encoder", "final_tokens")
 
     def __init__(
         self,
@@ -73,10 +82,14 @@ class SegmentationNetwork(nn.Module):
         roi_size: Sequence[int] | None = None,
         sw_batch_size: int = 2,
         overlap: float = 0.25,
+        skip_source: str = "encoder",
     ):
         super().__init__()
         if task.kind != "segmentation":
             raise ValueError(f"Task {task.name!r} is a {task.kind} task; SegmentationNetwork is for segmentation.")
+        if skip_source not in self.SKIP_SOURCES:
+            raise ValueError(f"skip_source={skip_source!r} is not one of {self.SKIP_SOURCES} (model.segmentation.skip_source).")
+        self.skip_source = skip_source
         self.backbone = backbone
         self.task = task
         self.stages = decoder_stages(backbone.patch_size)
@@ -84,9 +97,15 @@ class SegmentationNetwork(nn.Module):
         self.roi_size = list(roi_size) if roi_size is not None else None
         self.sw_batch_size, self.overlap = sw_batch_size, overlap
         width = lambda level: feature_size * 2 ** min(level, 3)  # noqa: E731 - channels at 1/2^level
-        self.input_skip = UnetrBasicBlock(3, 1, width(0), kernel_size=3, stride=1, norm_name=norm_name, res_block=True)
+        from_final = skip_source == "final_tokens"
+        skip_dim = backbone.feature_dim if from_final else backbone.embed_dim
+        if from_final:  # the full-resolution skip too is upsampled from the tokens
+            self.input_skip = UnetrPrUpBlock(3, skip_dim, width(0), num_layer=self.stages - 1, kernel_size=3, stride=1,
+                                             upsample_kernel_size=2, norm_name=norm_name, conv_block=True, res_block=True)
+        else:
+            self.input_skip = UnetrBasicBlock(3, 1, width(0), kernel_size=3, stride=1, norm_name=norm_name, res_block=True)
         self.token_skips = nn.ModuleList(
-            UnetrPrUpBlock(3, backbone.embed_dim, width(level), num_layer=self.stages - level - 1, kernel_size=3, stride=1,
+            UnetrPrUpBlock(3, skip_dim, width(level), num_layer=self.stages - level - 1, kernel_size=3, stride=1,
                            upsample_kernel_size=2, norm_name=norm_name, conv_block=True, res_block=True)
             for level in range(1, self.stages)
         )
@@ -104,14 +123,17 @@ class SegmentationNetwork(nn.Module):
 
     def forward(self, image: torch.Tensor, view_present: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for a batch whose spatial size is divisible by the patch size."""
-        requested = sorted(set(self.skip_layers))
+        from_final = self.skip_source == "final_tokens"
+        requested = [] if from_final else sorted(set(self.skip_layers))
         features, present = self.backbone.encode_views(image, view_present, return_layers=requested)
         grid = features["grid"]
-        skips = [masked_view_mean(self.input_skip(image[present].unsqueeze(1)), present)]
+        final = self.token_map(features["tokens"], grid)
+        first = self.input_skip(final) if from_final else self.input_skip(image[present].unsqueeze(1))
+        skips = [masked_view_mean(first, present)]
         for layer, block in zip(self.skip_layers, self.token_skips):
-            tokens = features["intermediate"][requested.index(layer)]
-            skips.append(masked_view_mean(block(self.token_map(tokens, grid)), present))
-        x = masked_view_mean(self.token_map(features["tokens"], grid), present)
+            tokens = final if from_final else self.token_map(features["intermediate"][requested.index(layer)], grid)
+            skips.append(masked_view_mean(block(tokens), present))
+        x = masked_view_mean(final, present)
         for level in reversed(range(self.stages)):
             x = self.up[level](x, skips[level])
         return self.out(x)
