@@ -143,7 +143,10 @@ class PretrainModule(L.LightningModule):
         no_decay = {f"net.{n}" for n in self.net.no_weight_decay()}
         groups = param_groups_weight_decay(self.named_parameters(), self.weight_decay, no_decay)
         optimizer = self.optimizer_factory(groups, lr=lr)
-        log.info("Optimizer lr %.3g (base_lr %.3g x global batch %d / %s).", lr, self.base_lr, self.global_batch_size(), self.reference_batch)
+        if self.reference_batch:
+            log.info("Optimizer lr %.3g (base_lr %.3g x global batch %d / %s).", lr, self.base_lr, self.global_batch_size(), self.reference_batch)
+        else:
+            log.info("Optimizer lr %.3g (base_lr, not scaled with the batch: reference_batch is null).", lr)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer)
