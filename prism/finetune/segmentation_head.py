@@ -99,7 +99,7 @@ class SegmentationNetwork(nn.Module):
         width = lambda level: feature_size * 2 ** min(level, 3)  # noqa: E731 - channels at 1/2^level
         from_final = skip_source == "final_tokens"
         skip_dim = backbone.feature_dim if from_final else backbone.embed_dim
-        if from_final:  # the full-resolution skip too is upsampled from the tokens
+        if from_final:  # the full-resolution skip too is upsampled from the tokens (the name is UNETR's)
             self.input_skip = UnetrPrUpBlock(3, skip_dim, width(0), num_layer=self.stages - 1, kernel_size=3, stride=1,
                                              upsample_kernel_size=2, norm_name=norm_name, conv_block=True, res_block=True)
         else:
@@ -126,13 +126,14 @@ class SegmentationNetwork(nn.Module):
         from_final = self.skip_source == "final_tokens"
         requested = [] if from_final else sorted(set(self.skip_layers))
         features, present = self.backbone.encode_views(image, view_present, return_layers=requested)
-        grid = features["grid"]
-        final = self.token_map(features["tokens"], grid)
-        first = self.input_skip(final) if from_final else self.input_skip(image[present].unsqueeze(1))
-        skips = [masked_view_mean(first, present)]
-        for layer, block in zip(self.skip_layers, self.token_skips):
-            tokens = final if from_final else self.token_map(features["intermediate"][requested.index(layer)], grid)
-            skips.append(masked_view_mean(block(tokens), present))
+        final = self.token_map(features["tokens"], features["grid"])
+        if from_final:
+            sources = [final] * self.stages
+        else:
+            blocks_out = [features["intermediate"][requested.index(layer)] for layer in self.skip_layers]
+            sources = [image[present].unsqueeze(1), *(self.token_map(t, features["grid"]) for t in blocks_out)]
+        blocks = [self.input_skip, *self.token_skips]
+        skips = [masked_view_mean(block(source), present) for block, source in zip(blocks, sources)]
         x = masked_view_mean(final, present)
         for level in reversed(range(self.stages)):
             x = self.up[level](x, skips[level])
