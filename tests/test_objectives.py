@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import make_batch
 from prism.objectives.adversarial_sequence import AdversarialSequence, confusion_loss, reverse_gradient
@@ -78,6 +79,29 @@ def test_invariance_is_zero_for_identical_spread_out_tokens_and_penalises_collap
     assert objective.terms(collapsed, collapsed)["variance"].item() == pytest.approx(1.0, abs=0.02)
     opposite = objective.terms(tokens, -tokens)
     assert opposite["token"].item() == pytest.approx(2.0, abs=1e-5)
+
+
+def test_invariance_centred_cosine_and_mse_see_what_a_shared_component_hides():
+    # two subjects' tokens share a large common component; the subject-specific parts are opposite
+    common = torch.full((2, 16, 8), 10.0)
+    specific = torch.randn(2, 16, 8)
+    first, second = common + specific, common - specific
+    plain = CrossSequenceInvariance().terms(first, second)
+    centred = CrossSequenceInvariance(centre=True).terms(first, second)
+    assert plain["token"].item() < 0.05  # the uncentred cosine is met by the shared part
+    assert centred["token"].item() == pytest.approx(2.0, abs=0.05)  # centred: the specific parts disagree
+    expected_mse = F.mse_loss(first, second) + F.mse_loss(first.mean(1), second.mean(1))
+    assert centred["mse"].item() == pytest.approx(expected_mse.item())
+    same = CrossSequenceInvariance(centre=True, mse_weight=1.0).terms(first, first.clone())
+    assert same["mse"].item() == 0.0 and same["token"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_invariance_mse_weight_zero_leaves_the_loss_unchanged():
+    first, second = torch.randn(3, 8, 4), torch.randn(3, 8, 4)
+    base = CrossSequenceInvariance().loss_from(first, second)
+    with_mse = CrossSequenceInvariance(mse_weight=2.0).loss_from(first, second)
+    mse = CrossSequenceInvariance().terms(first, second)["mse"]
+    assert with_mse.item() == pytest.approx(base.item() + 2.0 * mse.item(), rel=1e-5)
 
 
 def test_variance_and_covariance_terms_known_values():

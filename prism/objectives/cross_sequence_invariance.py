@@ -1,7 +1,11 @@
 """Cross-sequence invariance of the anatomy part (VICReg-style, token-wise and pooled).
 
 For two sequences of one subject at the same window (the mask is shared, so kept token
-k is the same place in both), anatomy tokens should agree. Why VICReg-style agreement
+k is the same place in both), anatomy tokens should agree. Agreement is measured on
+batch-centred tokens (cosine) and as VICReg's mean squared difference: a cosine of
+uncentred tokens is near 1 for any two tokens once they share a large common component,
+so it can be met while the subject-specific part still differs between sequences, and a
+cosine alone leaves the token norm free to carry the sequence. Why VICReg-style agreement
 and not InfoNCE: 3D batches are small (2-8 subjects per GPU), too few negatives for a
 batch contrastive loss, while token-wise agreement with a variance floor and a
 decorrelation term needs no negatives and uses thousands of token pairs per batch.
@@ -46,6 +50,9 @@ class CrossSequenceInvariance(Objective):
         weight: loss weight.
         token_weight: weight of token-wise cosine disagreement (1 - cos).
         pooled_weight: weight of pooled (mean token) cosine disagreement.
+        mse_weight: weight of the mean squared difference of tokens and of pooled tokens
+            (VICReg's invariance term; 0 leaves agreement to the cosines).
+        centre: take the cosines of tokens centred on the batch's per-channel mean.
         variance_weight, covariance_weight: anti-collapse terms (VICReg).
         std_target: minimal per-channel standard deviation.
     """
@@ -53,25 +60,29 @@ class CrossSequenceInvariance(Objective):
     requires_pairs = True
 
     def __init__(self, weight: float = 1.0, token_weight: float = 1.0, pooled_weight: float = 0.5,
-                 variance_weight: float = 1.0, covariance_weight: float = 0.04, std_target: float = 1.0):
+                 variance_weight: float = 1.0, covariance_weight: float = 0.04, std_target: float = 1.0,
+                 mse_weight: float = 0.0, centre: bool = False):
         super().__init__(weight)
-        self.token_weight, self.pooled_weight = token_weight, pooled_weight
+        self.token_weight, self.pooled_weight, self.mse_weight, self.centre = token_weight, pooled_weight, mse_weight, centre
         self.variance_weight, self.covariance_weight, self.std_target = variance_weight, covariance_weight, std_target
 
     def terms(self, first: torch.Tensor, second: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for anatomy tokens of paired views, each ``[M, K, A]``."""
-        tokens = torch.cat([first, second]).float()
-        flat = tokens.reshape(-1, tokens.shape[-1])
+        first, second = first.float(), second.float()
+        flat = torch.cat([first, second]).reshape(-1, first.shape[-1])
+        mean = flat.mean(dim=0) if self.centre else torch.zeros_like(flat[0])
+        a, b = first - mean, second - mean
         return {
-            "token": (1 - F.cosine_similarity(first.float(), second.float(), dim=-1)).mean(),
-            "pooled": (1 - F.cosine_similarity(first.float().mean(1), second.float().mean(1), dim=-1)).mean(),
+            "token": (1 - F.cosine_similarity(a, b, dim=-1)).mean(),
+            "pooled": (1 - F.cosine_similarity(a.mean(1), b.mean(1), dim=-1)).mean(),
+            "mse": F.mse_loss(first, second) + F.mse_loss(first.mean(1), second.mean(1)),
             "variance": variance_hinge(flat, self.std_target),
             "covariance": covariance_penalty(flat),
         }
 
     def loss_from(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         t = self.terms(first, second)
-        return (self.token_weight * t["token"] + self.pooled_weight * t["pooled"]
+        return (self.token_weight * t["token"] + self.pooled_weight * t["pooled"] + self.mse_weight * t["mse"]
                 + self.variance_weight * t["variance"] + self.covariance_weight * t["covariance"])
 
     def compute(self, step: PretrainStep) -> torch.Tensor:
