@@ -104,6 +104,22 @@ def test_invariance_mse_weight_zero_leaves_the_loss_unchanged():
     assert with_mse.item() == pytest.approx(base.item() + 2.0 * mse.item(), rel=1e-5)
 
 
+def test_invariance_standardised_term_weighs_a_small_consistent_difference_like_a_probe():
+    # channel 0 varies a lot between subjects; channel 1 barely, but differs between the views by 0.01
+    torch.manual_seed(0)
+    first = torch.zeros(4, 8, 2)
+    first[:, :, 0] = torch.randn(4, 1) * 10
+    second = first.clone()
+    second[:, :, 1] += 0.01
+    terms = CrossSequenceInvariance().terms(first, second)
+    assert terms["mse"].item() < 1e-3  # invisible in raw units
+    pooled = torch.cat([first.mean(1), second.mean(1)])
+    expected = (0.01 / (pooled[:, 1].std() + 1e-3)) ** 2 / 2  # mean over 2 channels, channel 0 contributes 0
+    assert terms["standardised"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert terms["standardised"].item() > 0.2
+    assert CrossSequenceInvariance().terms(first, first.clone())["standardised"].item() == 0.0
+
+
 def test_variance_and_covariance_terms_known_values():
     x = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])  # perfectly correlated, std sqrt(2)
     assert variance_hinge(x, std_target=1.0).item() == pytest.approx(0.0)

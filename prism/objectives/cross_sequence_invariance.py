@@ -53,6 +53,9 @@ class CrossSequenceInvariance(Objective):
         mse_weight: weight of the mean squared difference of tokens and of pooled tokens
             (VICReg's invariance term; 0 leaves agreement to the cosines).
         centre: take the cosines of tokens centred on the batch's per-channel mean.
+        standardised_weight: weight of the mean squared difference of pooled tokens with each
+            channel divided by its (detached) batch standard deviation: what a linear probe sees,
+            so a consistent difference in a low-variance channel counts as much as in any other.
         variance_weight, covariance_weight: anti-collapse terms (VICReg).
         std_target: minimal per-channel standard deviation.
     """
@@ -61,10 +64,11 @@ class CrossSequenceInvariance(Objective):
 
     def __init__(self, weight: float = 1.0, token_weight: float = 1.0, pooled_weight: float = 0.5,
                  variance_weight: float = 1.0, covariance_weight: float = 0.04, std_target: float = 1.0,
-                 mse_weight: float = 0.0, centre: bool = False):
+                 mse_weight: float = 0.0, centre: bool = False, standardised_weight: float = 0.0):
         super().__init__(weight)
         self.token_weight, self.pooled_weight, self.mse_weight, self.centre = token_weight, pooled_weight, mse_weight, centre
         self.variance_weight, self.covariance_weight, self.std_target = variance_weight, covariance_weight, std_target
+        self.standardised_weight = standardised_weight
 
     def terms(self, first: torch.Tensor, second: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for anatomy tokens of paired views, each ``[M, K, A]``."""
@@ -72,10 +76,13 @@ class CrossSequenceInvariance(Objective):
         flat = torch.cat([first, second]).reshape(-1, first.shape[-1])
         mean = flat.mean(dim=0) if self.centre else torch.zeros_like(flat[0])
         a, b = first - mean, second - mean
+        pooled_first, pooled_second = first.mean(1), second.mean(1)
+        pooled_std = torch.cat([pooled_first, pooled_second]).std(dim=0).detach() + 1e-3
         return {
             "token": (1 - F.cosine_similarity(a, b, dim=-1)).mean(),
             "pooled": (1 - F.cosine_similarity(a.mean(1), b.mean(1), dim=-1)).mean(),
-            "mse": F.mse_loss(first, second) + F.mse_loss(first.mean(1), second.mean(1)),
+            "mse": F.mse_loss(first, second) + F.mse_loss(pooled_first, pooled_second),
+            "standardised": ((pooled_first - pooled_second) / pooled_std).pow(2).mean(),
             "variance": variance_hinge(flat, self.std_target),
             "covariance": covariance_penalty(flat),
         }
@@ -83,6 +90,7 @@ class CrossSequenceInvariance(Objective):
     def loss_from(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         t = self.terms(first, second)
         return (self.token_weight * t["token"] + self.pooled_weight * t["pooled"] + self.mse_weight * t["mse"]
+                + self.standardised_weight * t["standardised"]
                 + self.variance_weight * t["variance"] + self.covariance_weight * t["covariance"])
 
     def compute(self, step: PretrainStep) -> torch.Tensor:
