@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_batch
-from prism.objectives.adversarial_sequence import AdversarialSequence, confusion_loss, reverse_gradient
+from prism.objectives.adversarial_sequence import AdversarialSequence, confusion_loss, reverse_gradient, standardise_channels
 from prism.objectives.cross_sequence_invariance import CrossSequenceInvariance, covariance_penalty, variance_hinge
 from prism.objectives.masked_reconstruction import masked_patch_mse, normalise_patches
 from prism.objectives.sequence_head import SequenceHead, denormalise_acquisition, normalise_acquisition
@@ -185,6 +185,23 @@ def test_confusion_is_minimal_at_uniform_and_cannot_be_won_by_relabelling():
     confident_wrong[torch.arange(4), (torch.arange(4) + 1) % 4] = 10.0  # every sample predicted as the next class
     assert confusion_loss(uniform[:, :4], classes).item() == pytest.approx(math.log(4), abs=1e-6)
     assert confusion_loss(confident_wrong, classes) > confusion_loss(uniform, classes) + 1.0
+
+
+def test_standardised_adversary_sees_a_small_consistent_difference_at_any_scale():
+    """Like the benchmark's probe: scaling the features leaves its input unchanged, and a tiny offset
+    that is consistent for one sequence becomes a full-size signal."""
+    torch.manual_seed(0)
+    anatomy = torch.randn(8, 5, 4)
+    anatomy[:4, :, 0] = 0.01 * torch.randn(4, 5) + 0.05    # sequence 0: a small consistent offset
+    anatomy[4:, :, 0] = 0.01 * torch.randn(4, 5) - 0.05    # sequence 1
+    standardised = AdversarialSequence(anatomy_dim=4, hidden_dim=8, standardise_input=True)
+    plain = AdversarialSequence(anatomy_dim=4, hidden_dim=8)
+    pooled, tokens = standardised.logits(anatomy)
+    pooled_small, tokens_small = standardised.logits(0.1 * anatomy)
+    assert torch.allclose(pooled, pooled_small, atol=1e-3) and torch.allclose(tokens, tokens_small, atol=1e-3)
+    assert not torch.allclose(plain.logits(anatomy)[0], plain.logits(0.1 * anatomy)[0], atol=1e-3)
+    channel0 = standardise_channels(anatomy.mean(dim=1))[:, 0]
+    assert channel0[:4].min() > 0.5 and channel0[4:].max() < -0.5
 
 
 def test_adversary_rejects_unknown_mode():

@@ -15,6 +15,11 @@ the encoder is pushed the other way. Two ways of pushing, chosen by ``mode``:
   at 0.70), i.e. a relabelling that keeps every bit of sequence information.
 
 Applied to pooled anatomy and to individual tokens (segmentation heads read tokens).
+
+``standardise_input`` standardises each channel over the batch before the classifier (pooled and
+token inputs separately, gradients flowing through the statistics), as the separation benchmark's
+linear probe does: a small difference that is consistent across subjects then weighs as much for the
+adversary as for the probe, and shrinking the feature scale cannot hide it.
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ def confusion_loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return -logits.log_softmax(dim=-1)[..., classes].mean()
 
 
+def standardise_channels(x: torch.Tensor, min_std: float = 1e-6) -> torch.Tensor:
+    """Zero mean, unit standard deviation per channel (last dim) over every other dim of ``x``."""
+    rows = x.reshape(-1, x.shape[-1])
+    return (x - rows.mean(dim=0)) / rows.std(dim=0, unbiased=False).clamp_min(min_std)
+
+
 class AdversarialSequence(Objective):
     """Sequence classifier on anatomy features, played against the encoder.
 
@@ -60,15 +71,17 @@ class AdversarialSequence(Objective):
             (the confusion term's factor, or the reversal layer's scale).
         hidden_dim: classifier hidden width.
         mode: ``confusion`` or ``reversal`` (see the module docstring).
+        standardise_input: standardise each input channel over the batch (see the module docstring).
     """
 
     def __init__(self, weight: float = 1.0, anatomy_dim: int = 192, reversal_scale: float = 1.0, hidden_dim: int = 128,
-                 mode: str = "confusion"):
+                 mode: str = "confusion", standardise_input: bool = False):
         super().__init__(weight)
         if mode not in MODES:
             raise ValueError(f"AdversarialSequence: mode must be one of {MODES}, got {mode!r}.")
         self.mode = mode
         self.reversal_scale = reversal_scale
+        self.standardise_input = standardise_input
         self.classifier = nn.Sequential(nn.Linear(anatomy_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, NUM_SEQUENCE_TYPES))
 
     def logits(self, anatomy: torch.Tensor, frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,9 +90,12 @@ class AdversarialSequence(Objective):
         ``frozen``: no gradient reaches the classifier's parameters (only the encoder learns).
         """
         anatomy = anatomy.float()
+        pooled, tokens = anatomy.mean(dim=1), anatomy
+        if self.standardise_input:
+            pooled, tokens = standardise_channels(pooled), standardise_channels(tokens)
         params = {name: p.detach() if frozen else p for name, p in self.classifier.named_parameters()}
         call = torch.func.functional_call
-        return call(self.classifier, params, (anatomy.mean(dim=1),)), call(self.classifier, params, (anatomy,))
+        return call(self.classifier, params, (pooled,)), call(self.classifier, params, (tokens,))
 
     @staticmethod
     def _cross_entropy(pooled: torch.Tensor, tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
