@@ -88,7 +88,7 @@ def test_export_then_load_gives_the_pretrained_encoder_outputs(pretrained, tmp_p
     assert len(report.loaded) > 0 and not report.missing and any(k.startswith("net.decoder.") for k in report.ignored)
 
 
-def test_loading_into_another_input_size_interpolates_positions(pretrained):
+def test_loading_into_another_input_size_recomputes_positions(pretrained):
     backbone = load_backbone(pretrained).eval()
     with torch.no_grad():
         features = backbone(torch.rand(1, 1, 48, 40, 24))
@@ -276,7 +276,7 @@ def fit_and_test(pretrained: Path, task: TaskSpec, mode: str, out: Path, steps: 
     module = FinetuneModule(factory, optimizer=functools.partial(torch.optim.AdamW), lr=1e-2, output_dir=str(out))
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)
-    datamodule = RandomTaskDataModule(task, 16)  # a 32^3 encoder on 16^3 inputs (interpolated positions)
+    datamodule = RandomTaskDataModule(task, 16)  # a 32^3 encoder on 16^3 inputs (positions recomputed for the smaller grid)
     trainer.fit(module, datamodule=datamodule)
     if not test:
         return module, []

@@ -5,7 +5,7 @@ import torch
 
 from prism.models.masking import gather_tokens, random_masking
 from prism.models.patches import patchify, token_grid, unpatchify
-from prism.models.pos_embed import resize_pos_embed_3d, sincos_pos_embed_3d
+from prism.models.pos_embed import pos_embed_for_grid, sincos_pos_embed_3d
 from prism.models.pretrain_network import PretrainNetwork
 from prism.models.vit3d import VIT_PRESETS, VisionTransformer3d
 
@@ -36,11 +36,16 @@ def test_presets_have_documented_sizes():
     assert set(VIT_PRESETS) == {"tiny", "small", "base", "large"}
 
 
-def test_other_input_size_interpolates_position_embedding():
-    encoder = tiny_encoder(32, 8)
+def test_other_input_size_keeps_the_token_pitch_of_the_position_embedding():
+    encoder = tiny_encoder(32, 8)  # trained grid 4 x 4 x 4
     out = encoder.forward_features(torch.randn(1, 1, 48, 40, 32))
     assert out["patch"].shape == (1, 6 * 5 * 4, 192)
-    assert encoder.pos_embed_for((6, 5, 4)).shape == (120, 192)
+    trained = encoder.pos_embed.reshape(4, 4, 4, 192)
+    smaller = encoder.pos_embed_for((2, 2, 4)).reshape(2, 2, 4, 192)
+    assert torch.allclose(smaller, trained[1:3, 1:3, :], atol=1e-6)  # the central sub-window, same pitch
+    larger = encoder.pos_embed_for((6, 6, 4)).reshape(6, 6, 4, 192)
+    assert torch.allclose(larger[1:5, 1:5, :], trained, atol=1e-6)  # the training table, extended on both sides
+    assert torch.unique(larger.reshape(-1, 192), dim=0).shape[0] == 6 * 6 * 4
 
 
 def test_pos_embed_is_fixed_and_distinct_per_token():
@@ -48,7 +53,7 @@ def test_pos_embed_is_fixed_and_distinct_per_token():
     assert table.shape == (64, 192)
     assert torch.unique(table, dim=0).shape[0] == 64
     assert not tiny_encoder().pos_embed.requires_grad
-    same = resize_pos_embed_3d(table, (4, 4, 4), (4, 4, 4))
+    same = pos_embed_for_grid(table, (4, 4, 4), (4, 4, 4))
     assert torch.equal(same, table)
 
 

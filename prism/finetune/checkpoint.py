@@ -13,8 +13,8 @@ Keys are adapted in one place (:func:`filter_encoder_state`, like timm's
 ``checkpoint_filter_fn``): known prefixes are stripped, the fixed sin-cos position table is
 recomputed rather than loaded, and every key ends up in the :class:`LoadReport` as loaded,
 missing or ignored. The encoder keeps its pretraining crop as the reference grid of its
-position embedding and interpolates it for other input sizes at run time
-(``VisionTransformer3d.pos_embed_for``), so one export serves any crop size.
+position embedding and recomputes it for other input sizes at the same token pitch, centred on
+that grid (``VisionTransformer3d.pos_embed_for``), so one export serves any crop size.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from torch import nn
 from timm.models.vision_transformer import Block
 
 from prism.models.masking import gather_tokens
-from prism.models.pos_embed import resize_pos_embed_3d, sincos_pos_embed_3d
+from prism.models.pos_embed import pos_embed_for_grid, sincos_pos_embed_3d
 
 
 class MAEDecoder3d(nn.Module):
@@ -25,7 +25,7 @@ class MAEDecoder3d(nn.Module):
     Args:
         anatomy_dim: width of the incoming anatomy tokens.
         sequence_dim: width of the sequence code.
-        grid: reference token grid (position table; other grids are interpolated).
+        grid: reference token grid (position table; other grids keep its token pitch).
         patch_voxels: voxels per patch times channels (prediction width).
         embed_dim, depth, num_heads, mlp_ratio: decoder transformer size (MAE: 512, 8, 16).
         sequence_conditioning: ``token`` or ``add`` (see the module docstring).
@@ -89,7 +89,7 @@ class MAEDecoder3d(nn.Module):
             n, length = ids_restore.shape
             fill = self.mask_token.to(tokens.dtype).expand(n, length - tokens.shape[1], -1)
             tokens = gather_tokens(torch.cat([tokens, fill], dim=1), ids_restore)
-        tokens = tokens + resize_pos_embed_3d(self.pos_embed, self.grid, grid).to(tokens.dtype)
+        tokens = tokens + pos_embed_for_grid(self.pos_embed, self.grid, grid).to(tokens.dtype)
         code = self.sequence_embed(sequence_code).unsqueeze(1).to(tokens.dtype)
         if self.sequence_conditioning == "add":
             tokens = tokens + code

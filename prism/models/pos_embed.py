@@ -6,18 +6,34 @@ import torch
 import torch.nn.functional as F
 
 
-def sincos_pos_embed_3d(grid: tuple[int, int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+def sincos_pos_embed_3d(
+    grid: tuple[int, int, int],
+    dim: int,
+    temperature: float = 10000.0,
+    reference_grid: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
     """Return a ``[D*H*W, dim]`` table of 3D sin-cos embeddings for a token grid.
 
     Each axis gets ``2 * (dim // 6)`` channels (half sine, half cosine); any remainder
     channels (when ``dim`` is not divisible by 6) are zero. Token order is D-major,
     matching ``Conv3d(...).flatten(2)``.
+
+    ``reference_grid`` (the grid the encoder was trained on) places ``grid`` centred in the
+    reference grid's coordinates at the SAME token pitch: a smaller input gets the central
+    sub-window of the training table, a larger one extends it on both sides. With unchanged patch
+    size and voxel spacing this is the physically right table: neighbouring tokens stay one
+    position apart, as in training. (Resampling the training table to the new grid instead, as is
+    done for learned tables, would tell the encoder that neighbours of a 32^3 crop of a 64^3-trained
+    encoder are two positions apart; measured on frozen tokens, that cost a third of their tissue
+    information, see benchmarks/results/finetune_positions.md.)
     """
     per_axis = dim // 6  # frequencies per axis
     if per_axis == 0:
         raise ValueError(f"Embedding width {dim} is too small for a 3D sin-cos position embedding (need >= 6).")
     omega = 1.0 / temperature ** (torch.arange(per_axis, dtype=torch.float64) / per_axis)
-    coords = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in grid], indexing="ij")
+    reference = grid if reference_grid is None else reference_grid
+    axes = [torch.arange(n, dtype=torch.float64) + (ref - n) / 2 for n, ref in zip(grid, reference)]
+    coords = torch.meshgrid(*axes, indexing="ij")
     parts = []
     for axis_coords in coords:
         angles = axis_coords.reshape(-1, 1) * omega.reshape(1, -1)
@@ -28,11 +44,8 @@ def sincos_pos_embed_3d(grid: tuple[int, int, int], dim: int, temperature: float
     return table.float()
 
 
-def resize_pos_embed_3d(table: torch.Tensor, old_grid: tuple[int, int, int], new_grid: tuple[int, int, int]) -> torch.Tensor:
-    """Trilinearly interpolate a ``[L, C]`` position table from ``old_grid`` to ``new_grid``."""
-    if tuple(old_grid) == tuple(new_grid):
+def pos_embed_for_grid(table: torch.Tensor, reference_grid: tuple[int, int, int], grid: tuple[int, int, int]) -> torch.Tensor:
+    """``table`` (the sin-cos table of ``reference_grid``) for ``grid``: itself, or the table at the same token pitch."""
+    if tuple(grid) == tuple(reference_grid):
         return table
-    channels = table.shape[-1]
-    volume = table.reshape(1, *old_grid, channels).permute(0, 4, 1, 2, 3)
-    volume = F.interpolate(volume, size=tuple(new_grid), mode="trilinear", align_corners=False)
-    return volume.permute(0, 2, 3, 4, 1).reshape(-1, channels)
+    return sincos_pos_embed_3d(tuple(grid), table.shape[1], reference_grid=tuple(reference_grid)).to(table.device)

@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from prism.models.masking import gather_tokens
 from prism.models.patches import patchify, token_grid
-from prism.models.pos_embed import resize_pos_embed_3d, sincos_pos_embed_3d
+from prism.models.pos_embed import pos_embed_for_grid, sincos_pos_embed_3d
 
 VIT_PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
@@ -60,7 +60,7 @@ class VisionTransformer3d(nn.Module):
         preset: one of ``VIT_PRESETS`` (tiny, small, base, large); explicit
             ``embed_dim``/``depth``/``num_heads`` override it.
         img_size: training crop size (D, H, W) or an int; sets the reference grid of
-            the position embedding (other sizes are interpolated at run time).
+            the position embedding (other sizes get the same token pitch, centred on it).
         patch_size: int or (pd, ph, pw); anisotropic patches are allowed.
         in_chans: input channels per volume (1: one sequence per forward).
         mlp_ratio, qkv_bias, drop_path_rate: as in timm.
@@ -140,8 +140,9 @@ class VisionTransformer3d(nn.Module):
         return token_grid(tuple(spatial), self.patch_size)  # type: ignore[arg-type]
 
     def pos_embed_for(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        """Position table ``[L, C]`` for a token grid (interpolated when it differs from training)."""
-        return resize_pos_embed_3d(self.pos_embed, self.grid, grid)
+        """Position table ``[L, C]`` for a token grid: the training table, or for another grid the
+        sin-cos table at the training token pitch, centred on the training grid (see ``sincos_pos_embed_3d``)."""
+        return pos_embed_for_grid(self.pos_embed, self.grid, grid)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Patch-embed and add positions: ``[N, C, D, H, W]`` -> ``[N, L, E]``, grid."""
