@@ -48,6 +48,22 @@ def test_other_input_size_keeps_the_token_pitch_of_the_position_embedding():
     assert torch.unique(larger.reshape(-1, 192), dim=0).shape[0] == 6 * 6 * 4
 
 
+def test_position_shift_moves_the_grid_in_training_only():
+    table = sincos_pos_embed_3d((4, 4, 4), 192).reshape(4, 4, 4, 192)
+    shifted = sincos_pos_embed_3d((4, 4, 4), 192, shift=torch.tensor([1.0, 0.0, 0.0])).reshape(4, 4, 4, 192)
+    assert torch.allclose(shifted[:3], table[1:], atol=1e-6)  # one token along D
+    torch.manual_seed(0)
+    encoder = VisionTransformer3d(preset="tiny", img_size=32, patch_size=8, depth=1, position_shift=2.0)
+    x = torch.randn(1, 1, 32, 32, 32)
+    first, second = encoder.embed(x)[0], encoder.embed(x)[0]
+    assert not torch.allclose(first, second)
+    encoder.eval()
+    plain = encoder.patch_embed(x) + encoder.pos_embed
+    assert torch.equal(encoder.embed(x)[0], plain)
+    with pytest.raises(ValueError, match="position_shift"):
+        VisionTransformer3d(preset="tiny", img_size=32, patch_size=8, position_shift=-1.0)
+
+
 def test_pos_embed_is_fixed_and_distinct_per_token():
     table = sincos_pos_embed_3d((4, 4, 4), 192)
     assert table.shape == (64, 192)

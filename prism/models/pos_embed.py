@@ -11,6 +11,7 @@ def sincos_pos_embed_3d(
     dim: int,
     temperature: float = 10000.0,
     reference_grid: tuple[int, int, int] | None = None,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return a ``[D*H*W, dim]`` table of 3D sin-cos embeddings for a token grid.
 
@@ -26,6 +27,9 @@ def sincos_pos_embed_3d(
     done for learned tables, would tell the encoder that neighbours of a 32^3 crop of a 64^3-trained
     encoder are two positions apart; measured on frozen tokens, that cost a third of their tissue
     information, see benchmarks/results/finetune_positions.md.)
+
+    ``shift``: a ``[3]`` tensor of (fractional) token offsets added to every position (training-time
+    position jitter, ``VisionTransformer3d(position_shift=...)``).
     """
     per_axis = dim // 6  # frequencies per axis
     if per_axis == 0:
@@ -33,6 +37,8 @@ def sincos_pos_embed_3d(
     omega = 1.0 / temperature ** (torch.arange(per_axis, dtype=torch.float64) / per_axis)
     reference = grid if reference_grid is None else reference_grid
     axes = [torch.arange(n, dtype=torch.float64) + (ref - n) / 2 for n, ref in zip(grid, reference)]
+    if shift is not None:
+        axes = [axis + float(offset) for axis, offset in zip(axes, shift.tolist())]
     coords = torch.meshgrid(*axes, indexing="ij")
     parts = []
     for axis_coords in coords:

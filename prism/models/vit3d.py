@@ -65,6 +65,11 @@ class VisionTransformer3d(nn.Module):
         in_chans: input channels per volume (1: one sequence per forward).
         mlp_ratio, qkv_bias, drop_path_rate: as in timm.
         grad_checkpointing: recompute blocks in backward to save memory.
+        position_shift: in training mode, every forward shifts the whole position grid by a random
+            offset drawn uniformly from ``[-position_shift, position_shift]`` tokens per axis (the
+            global shift of CAPE, Likhomanenko et al. 2021). Without it an encoder learns where its
+            training crop's edges are, and a frozen encoder on another crop size reads worse
+            (benchmarks/results/finetune_positions.md). 0 = off; eval mode never shifts.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class VisionTransformer3d(nn.Module):
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
         grad_checkpointing: bool = False,
+        position_shift: float = 0.0,
     ):
         super().__init__()
         if preset not in VIT_PRESETS:
@@ -95,6 +101,9 @@ class VisionTransformer3d(nn.Module):
         self.in_chans = in_chans
         self.embed_dim, self.depth, self.num_heads = dims["embed_dim"], dims["depth"], dims["num_heads"]
         self.grad_checkpointing = grad_checkpointing
+        if position_shift < 0:
+            raise ValueError(f"position_shift must be >= 0 tokens, got {position_shift}.")
+        self.position_shift = float(position_shift)
 
         self.patch_embed = PatchEmbed3d(self.patch_size, in_chans, self.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
@@ -150,7 +159,12 @@ class VisionTransformer3d(nn.Module):
             raise ValueError(f"Expected input [N, {self.in_chans}, D, H, W], got shape {tuple(x.shape)}.")
         grid = self.grid_for(x.shape[2:])
         tokens = self.patch_embed(x)
-        return tokens + self.pos_embed_for(grid).to(tokens.dtype), grid
+        if self.training and self.position_shift > 0:
+            shift = (torch.rand(3) * 2 - 1) * self.position_shift
+            table = sincos_pos_embed_3d(grid, self.embed_dim, reference_grid=self.grid, shift=shift).to(tokens.device)
+        else:
+            table = self.pos_embed_for(grid)
+        return tokens + table.to(tokens.dtype), grid
 
     def forward_features(
         self,
