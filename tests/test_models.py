@@ -57,6 +57,11 @@ def test_position_shift_moves_the_grid_in_training_only():
     x = torch.randn(1, 1, 32, 32, 32)
     first, second = encoder.embed(x)[0], encoder.embed(x)[0]
     assert not torch.allclose(first, second)
+    pair = encoder.embed(x.expand(2, -1, -1, -1, -1))[0]
+    assert not torch.allclose(pair[0], pair[1])  # each sample (each view of a subject) its own shift
+    per_sample = sincos_pos_embed_3d((4, 4, 4), 192, shift=torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    assert per_sample.shape == (2, 64, 192)
+    assert torch.allclose(per_sample[0].reshape(4, 4, 4, 192), shifted) and torch.allclose(per_sample[1], table.reshape(64, 192))
     encoder.eval()
     plain = encoder.patch_embed(x) + encoder.pos_embed
     assert torch.equal(encoder.embed(x)[0], plain)

@@ -28,8 +28,9 @@ def sincos_pos_embed_3d(
     encoder are two positions apart; measured on frozen tokens, that cost a third of their tissue
     information, see benchmarks/results/finetune_positions.md.)
 
-    ``shift``: a ``[3]`` tensor of (fractional) token offsets added to every position (training-time
-    position jitter, ``VisionTransformer3d(position_shift=...)``).
+    ``shift``: ``[3]`` (fractional) token offsets added to every position, or ``[N, 3]``, one offset
+    per sample, which returns ``[N, D*H*W, dim]`` (training-time position jitter,
+    ``VisionTransformer3d(position_shift=...)``).
     """
     per_axis = dim // 6  # frequencies per axis
     if per_axis == 0:
@@ -37,16 +38,16 @@ def sincos_pos_embed_3d(
     omega = 1.0 / temperature ** (torch.arange(per_axis, dtype=torch.float64) / per_axis)
     reference = grid if reference_grid is None else reference_grid
     axes = [torch.arange(n, dtype=torch.float64) + (ref - n) / 2 for n, ref in zip(grid, reference)]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # [L, 3]
     if shift is not None:
-        axes = [axis + float(offset) for axis, offset in zip(axes, shift.tolist())]
-    coords = torch.meshgrid(*axes, indexing="ij")
+        coords = coords + shift.detach().cpu().to(torch.float64).unsqueeze(-2)  # [L, 3] or [N, L, 3]
     parts = []
-    for axis_coords in coords:
-        angles = axis_coords.reshape(-1, 1) * omega.reshape(1, -1)
+    for axis in range(3):
+        angles = coords[..., axis, None] * omega
         parts += [torch.sin(angles), torch.cos(angles)]
-    table = torch.cat(parts, dim=1)
-    if table.shape[1] < dim:
-        table = F.pad(table, (0, dim - table.shape[1]))
+    table = torch.cat(parts, dim=-1)
+    if table.shape[-1] < dim:
+        table = F.pad(table, (0, dim - table.shape[-1]))
     return table.float()
 
 

@@ -65,11 +65,13 @@ class VisionTransformer3d(nn.Module):
         in_chans: input channels per volume (1: one sequence per forward).
         mlp_ratio, qkv_bias, drop_path_rate: as in timm.
         grad_checkpointing: recompute blocks in backward to save memory.
-        position_shift: in training mode, every forward shifts the whole position grid by a random
-            offset drawn uniformly from ``[-position_shift, position_shift]`` tokens per axis (the
-            global shift of CAPE, Likhomanenko et al. 2021). Without it an encoder learns where its
-            training crop's edges are, and a frozen encoder on another crop size reads worse
-            (benchmarks/results/finetune_positions.md). 0 = off; eval mode never shifts.
+        position_shift: in training mode, each sample's whole position grid is shifted by its own
+            random offset drawn uniformly from ``[-position_shift, position_shift]`` tokens per axis
+            (the global shift of CAPE, Likhomanenko et al. 2021). Without it an encoder learns where
+            its training crop's edges are, and a frozen encoder on another crop size reads worse
+            (benchmarks/results/finetune_positions.md). Per sample, so two views of one subject get
+            different positions and the cross-sequence invariance term cannot be met by position
+            content the views share whatever they show. 0 = off; eval mode never shifts.
     """
 
     def __init__(
@@ -160,8 +162,8 @@ class VisionTransformer3d(nn.Module):
         grid = self.grid_for(x.shape[2:])
         tokens = self.patch_embed(x)
         if self.training and self.position_shift > 0:
-            shift = (torch.rand(3) * 2 - 1) * self.position_shift
-            table = sincos_pos_embed_3d(grid, self.embed_dim, reference_grid=self.grid, shift=shift).to(tokens.device)
+            shift = (torch.rand(tokens.shape[0], 3) * 2 - 1) * self.position_shift
+            table = sincos_pos_embed_3d(grid, self.embed_dim, reference_grid=self.grid, shift=shift).to(tokens.device)  # [N, L, E]
         else:
             table = self.pos_embed_for(grid)
         return tokens + table.to(tokens.dtype), grid
