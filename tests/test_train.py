@@ -127,3 +127,22 @@ def test_bad_input_stops_early_with_a_readable_message(overrides, message, tmp_p
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_lightning_log_lines_go_through_the_root_logger_once():
+    import logging
+
+    from prism.training.run import log_lightning_through_root
+
+    root, lightning_logger = logging.getLogger(), logging.getLogger("lightning")
+    saved_root, saved = root.handlers[:], lightning_logger.handlers[:]
+    try:
+        root.handlers[:] = []
+        lightning_logger.handlers[:] = [logging.StreamHandler()]
+        log_lightning_through_root()  # no root handlers (no Hydra): Lightning keeps its console
+        assert len(lightning_logger.handlers) == 1
+        root.addHandler(logging.NullHandler())  # Hydra configured the root logger
+        log_lightning_through_root()
+        assert lightning_logger.handlers == [] and lightning_logger.propagate
+    finally:
+        root.handlers[:], lightning_logger.handlers[:] = saved_root, saved

@@ -93,8 +93,17 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
+def log_lightning_through_root() -> None:
+    """Print Lightning's log lines once: ``import lightning`` gives the ``lightning`` logger its own
+    console handler and still propagates to the root logger, which Hydra has configured (console and
+    the run's log file), so every line appeared twice. Where the root logger has handlers, keep those."""
+    if logging.getLogger().handlers:
+        logging.getLogger("lightning").handlers.clear()
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate datamodule, module and trainer from ``cfg`` (nothing is trained)."""
+    log_lightning_through_root()
     check_config(cfg)
     plan_distribution(cfg)
     output_dir = output_dir_of(cfg)
