@@ -81,6 +81,31 @@ def test_invariance_is_zero_for_identical_spread_out_tokens_and_penalises_collap
     assert opposite["token"].item() == pytest.approx(2.0, abs=1e-5)
 
 
+def test_invariance_position_centring_sees_through_position_only_tokens():
+    torch.manual_seed(0)
+    num_positions, kept, width = 32, 8, 6
+    by_position = torch.randn(num_positions, width) * 3  # content that depends on the grid position only
+    ids_keep = torch.stack([torch.randperm(num_positions)[:kept] for _ in range(6)])
+    tokens = by_position[ids_keep]  # [6, 8, 6]: every sample, whatever it shows, carries just its positions
+    plain = CrossSequenceInvariance(variance_weight=1.0)
+    assert plain.terms(tokens, tokens.clone())["variance"].item() < 0.05  # the hinge is fooled
+    objective = CrossSequenceInvariance(variance_weight=1.0, position_momentum=0.9)
+    centred = objective.position_centred(tokens, ids_keep, num_positions)
+    assert centred.abs().max().item() < 1e-5  # nothing left once the position's mean is removed
+    assert objective.terms(centred, centred.clone())["variance"].item() == pytest.approx(1.0, abs=0.02)  # collapse seen
+    content = torch.randn(6, kept, width)
+    mean_before = objective.position_mean.clone()
+    objective.eval()
+    assert torch.allclose(objective.position_centred(tokens + content, ids_keep, num_positions), content, atol=1e-5)
+    assert torch.equal(objective.position_mean, mean_before)  # evaluation never updates the running mean
+    objective.train()
+    objective.position_centred(tokens + content, ids_keep, num_positions)
+    seen = objective.position_seen
+    assert not torch.equal(objective.position_mean[seen], mean_before[seen])  # momentum update in training
+    with pytest.raises(ValueError, match="position_momentum"):
+        CrossSequenceInvariance(position_momentum=1.0)
+
+
 def test_invariance_centred_cosine_and_mse_see_what_a_shared_component_hides():
     # two subjects' tokens share a large common component; the subject-specific parts are opposite
     common = torch.full((2, 16, 8), 10.0)

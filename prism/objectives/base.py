@@ -33,6 +33,7 @@ class PretrainStep:
         features: encoder outputs (``cls``, ``patch``, ``anatomy`` ``[N, K, A]``, ``sequence_code`` ``[N, S]``).
         prediction: ``[N, L, P]`` reconstruction of each view from its own anatomy and code.
         subject_id: list of B subject ids (for error messages).
+        ids_keep: ``[N, K]`` grid index of each kept token (``features`` token k sits at ``ids_keep[:, k]``).
     """
 
     network: nn.Module
@@ -50,6 +51,7 @@ class PretrainStep:
     features: dict[str, Any]
     prediction: torch.Tensor
     subject_id: list[str] = field(default_factory=list)
+    ids_keep: torch.Tensor | None = None
 
     def per_subject(self, tensor: torch.Tensor) -> torch.Tensor:
         """Reshape a leading N = B*V axis to ``[B, V, ...]``."""

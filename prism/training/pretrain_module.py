@@ -94,6 +94,7 @@ class PretrainModule(L.LightningModule):
             features=features,
             prediction=prediction,
             subject_id=list(batch.get("subject_id", [])),
+            ids_keep=ids_keep,
         )
 
     def compute_losses(self, step: PretrainStep) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
