@@ -35,12 +35,13 @@ def sincos_pos_embed_3d(
     per_axis = dim // 6  # frequencies per axis
     if per_axis == 0:
         raise ValueError(f"Embedding width {dim} is too small for a 3D sin-cos position embedding (need >= 6).")
-    omega = 1.0 / temperature ** (torch.arange(per_axis, dtype=torch.float64) / per_axis)
+    device = shift.device if shift is not None else None  # a per-step shifted table is built where it is used
+    omega = 1.0 / temperature ** (torch.arange(per_axis, dtype=torch.float64, device=device) / per_axis)
     reference = grid if reference_grid is None else reference_grid
-    axes = [torch.arange(n, dtype=torch.float64) + (ref - n) / 2 for n, ref in zip(grid, reference)]
+    axes = [torch.arange(n, dtype=torch.float64, device=device) + (ref - n) / 2 for n, ref in zip(grid, reference)]
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # [L, 3]
     if shift is not None:
-        coords = coords + shift.detach().cpu().to(torch.float64).unsqueeze(-2)  # [L, 3] or [N, L, 3]
+        coords = coords + shift.detach().to(torch.float64).unsqueeze(-2)  # [L, 3] or [N, L, 3]
     parts = []
     for axis in range(3):
         angles = coords[..., axis, None] * omega

@@ -162,8 +162,8 @@ class VisionTransformer3d(nn.Module):
         grid = self.grid_for(x.shape[2:])
         tokens = self.patch_embed(x)
         if self.training and self.position_shift > 0:
-            shift = (torch.rand(tokens.shape[0], 3) * 2 - 1) * self.position_shift
-            table = sincos_pos_embed_3d(grid, self.embed_dim, reference_grid=self.grid, shift=shift).to(tokens.device)  # [N, L, E]
+            shift = (torch.rand(tokens.shape[0], 3, device=tokens.device) * 2 - 1) * self.position_shift
+            table = sincos_pos_embed_3d(grid, self.embed_dim, reference_grid=self.grid, shift=shift)  # [N, L, E], on tokens' device
         else:
             table = self.pos_embed_for(grid)
         return tokens + table.to(tokens.dtype), grid
