@@ -5,19 +5,27 @@ from __future__ import annotations
 import torch
 
 
-def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = train.mean(0, keepdim=True), train.std(0, keepdim=True).clamp_min(1e-6)
-    return (train - mean) / std, (test - mean) / std
+def ridge_fit(train_x: torch.Tensor, train_y: torch.Tensor, l2: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ridge regression with a bias on per-channel standardised ``train_x`` ``[M, F]`` -> ``[M, T]``.
+
+    Returns ``(mean, std, weights)``: predict with :func:`ridge_predict`. Computed in float64.
+    """
+    train_x = train_x.double()
+    mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
+    design = torch.cat([(train_x - mean) / std, torch.ones_like(train_x[:, :1])], 1)
+    gram = design.T @ design + l2 * torch.eye(design.shape[1], dtype=design.dtype, device=design.device)
+    return mean, std, torch.linalg.solve(gram, design.T @ train_y.double())
+
+
+def ridge_predict(mean: torch.Tensor, std: torch.Tensor, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Predictions of a :func:`ridge_fit` model for ``x`` ``[M, F]`` (differentiable in ``x``)."""
+    x = (x.to(weights.dtype) - mean) / std
+    return x @ weights[:-1] + weights[-1]
 
 
 def ridge_fit_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, l2: float = 1.0) -> torch.Tensor:
     """Ridge regression ``[M, F] -> [M, T]`` with a bias; returns predictions for ``test_x``."""
-    train_x, test_x = _standardise(train_x.double(), test_x.double())
-    ones = torch.ones(train_x.shape[0], 1, dtype=train_x.dtype)
-    design = torch.cat([train_x, ones], 1)
-    gram = design.T @ design + l2 * torch.eye(design.shape[1], dtype=design.dtype)
-    weights = torch.linalg.solve(gram, design.T @ train_y.double())
-    return torch.cat([test_x, torch.ones(test_x.shape[0], 1, dtype=test_x.dtype)], 1) @ weights
+    return ridge_predict(*ridge_fit(train_x, train_y, l2), test_x)
 
 
 def probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, l2: float = 1.0) -> float:

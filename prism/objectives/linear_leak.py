@@ -1,0 +1,79 @@
+"""Linear leak penalty: what a freshly fitted linear probe reads of the sequence in pooled anatomy.
+
+The learned adversary (``adversarial_sequence``) plays an online game with the encoder, and measured
+here it is fooled while a *new* linear probe still reads the sequence from pooled anatomy tokens
+(benchmarks/results/separation.md: 0.54 with four sequences, chance 0.25). This objective uses the
+same probe the separation benchmark uses, refitted in closed form at every step: a ridge regression
+from standardised pooled anatomy to one-hot sequence type, fitted on a memory bank of recent
+detached features (the batch alone is far too small). Its weights point along the directions that
+carry the sequence. The penalty is the squared difference between the probe's outputs for two
+sequences of one subject: their anatomy is the same, so that difference is the sequence and nothing
+else. The gradient only moves the two views' features together along the probe's few directions;
+unlike dividing every channel by its spread (tried: it collapsed the features), it gives nothing for
+shrinking features as a whole. Pairs are needed; batches without them skip the term.
+
+The bank is a buffer of the last ``bank_size`` pooled anatomy vectors (not saved in checkpoints;
+it refills in ``bank_size / views per step`` steps after a resume, and the term waits until it holds
+``min_bank`` vectors of at least two sequence types).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from prism.evaluation.probes import ridge_fit, ridge_predict
+from prism.objectives.base import Objective, PretrainStep
+from prism.objectives.cross_sequence_invariance import view_pairs
+from prism.sequences import NUM_SEQUENCE_TYPES
+
+
+class LinearLeakPenalty(Objective):
+    """Squared paired difference of a closed-form ridge probe's sequence prediction.
+
+    Args:
+        weight: loss weight.
+        anatomy_dim: width of anatomy tokens.
+        bank_size: how many recent pooled anatomy vectors the probe is fitted on.
+        min_bank: vectors needed before the term starts.
+        l2: ridge penalty (the separation benchmark's probe uses 1.0).
+    """
+
+    requires_pairs = True
+
+    def __init__(self, weight: float = 1.0, anatomy_dim: int = 192, bank_size: int = 512, min_bank: int = 128, l2: float = 1.0):
+        super().__init__(weight)
+        if not 2 <= min_bank <= bank_size:
+            raise ValueError(f"LinearLeakPenalty: need 2 <= min_bank <= bank_size, got min_bank={min_bank}, bank_size={bank_size}.")
+        self.l2 = float(l2)
+        self.min_bank = min_bank
+        self.register_buffer("bank", torch.zeros(bank_size, anatomy_dim), persistent=False)
+        self.register_buffer("bank_label", torch.full((bank_size,), -1, dtype=torch.long), persistent=False)
+        self._next = 0
+
+    def _remember(self, pooled: torch.Tensor, label: torch.Tensor) -> None:
+        rows = (torch.arange(len(label), device=self.bank.device) + self._next) % self.bank.shape[0]
+        self.bank[rows] = pooled.detach().to(self.bank.dtype)
+        self.bank_label[rows] = label
+        self._next = int((self._next + len(label)) % self.bank.shape[0])
+
+    def probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The ridge probe fitted on the bank, or ``None`` while the bank is too small."""
+        filled = self.bank_label >= 0
+        if int(filled.sum()) < self.min_bank or len(self.bank_label[filled].unique()) < 2:
+            return None
+        one_hot = F.one_hot(self.bank_label[filled], NUM_SEQUENCE_TYPES)
+        return ridge_fit(self.bank[filled], one_hot, self.l2)
+
+    def compute(self, step: PretrainStep) -> torch.Tensor | None:
+        pooled = step.features["anatomy"].float().mean(dim=1)
+        probe = self.probe()  # fitted before this batch enters the bank: the batch is held out
+        known = step.view_present & (step.sequence_id >= 0)
+        if bool(known.any()):
+            self._remember(pooled[known], step.sequence_id[known])
+        if probe is None:
+            return None
+        first, second = view_pairs(step)
+        mean, std, weights = (t.detach() for t in probe)
+        difference = ridge_predict(mean, std, weights, pooled[first]) - ridge_predict(mean, std, weights, pooled[second])
+        return difference.pow(2).sum(dim=1).mean().float()

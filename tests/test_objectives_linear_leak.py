@@ -1,0 +1,61 @@
+"""The linear leak penalty on hand-made pooled features: it sees a linear sequence signal, only that."""
+
+import pytest
+import torch
+
+from prism.objectives.base import PretrainStep
+from prism.objectives.linear_leak import LinearLeakPenalty
+
+
+def _step(anatomy: torch.Tensor, sequence_id: torch.Tensor, num_views: int = 2) -> PretrainStep:
+    """A PretrainStep carrying only what the penalty reads (views subject-major, two per subject)."""
+    n = len(sequence_id)
+    return PretrainStep(network=None, num_subjects=n // num_views, num_views=num_views, volumes=None, target=None,
+                        view_present=torch.ones(n, dtype=torch.bool), sequence_id=sequence_id, acq_params=None,
+                        acq_present=None, mask=None, ids_restore=None, grid=(1, 1, 1), features={"anatomy": anatomy},
+                        prediction=None)
+
+
+def _features(subjects: int, leak: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views per subject, same anatomy; channel 0 is shifted by ``leak`` x the sequence type."""
+    anatomy = torch.randn(subjects, 1, 3, 8, generator=generator).expand(subjects, 2, 3, 8).clone()
+    sequence_id = torch.stack([torch.randperm(4, generator=generator)[:2] for _ in range(subjects)])
+    anatomy[..., 0] += leak * sequence_id[..., None].float()
+    return anatomy.reshape(subjects * 2, 3, 8), sequence_id.reshape(-1)
+
+
+def _filled(leak: float) -> LinearLeakPenalty:
+    generator = torch.Generator().manual_seed(0)
+    penalty = LinearLeakPenalty(anatomy_dim=8, bank_size=512, min_bank=32)
+    for _ in range(32):
+        penalty.compute(_step(*_features(8, leak, generator)))
+    return penalty
+
+
+def test_waits_for_the_bank_then_penalises_a_linear_leak():
+    generator = torch.Generator().manual_seed(0)
+    penalty = LinearLeakPenalty(anatomy_dim=8, bank_size=64, min_bank=32)
+    assert penalty.compute(_step(*_features(8, 1.0, generator))) is None  # 16 of 32 vectors
+    assert penalty.compute(_step(*_features(8, 1.0, generator))) is None  # probe fitted before this batch enters
+    assert penalty.compute(_step(*_features(8, 1.0, generator))) > 0.05
+
+
+def test_is_zero_without_a_sequence_difference_between_paired_views():
+    penalty = _filled(leak=1.0)
+    anatomy, sequence_id = _features(8, 0.0, torch.Generator().manual_seed(1))
+    assert penalty.compute(_step(anatomy, sequence_id)).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_gradient_goes_to_the_leaking_channel():
+    penalty = _filled(leak=1.0)
+    anatomy, sequence_id = _features(8, 1.0, torch.Generator().manual_seed(2))
+    anatomy.requires_grad_(True)
+    penalty.compute(_step(anatomy, sequence_id)).backward()
+    per_channel = anatomy.grad.abs().sum(dim=(0, 1))
+    assert per_channel[0] > 5 * per_channel[1:].max()
+
+
+def test_bank_is_not_saved_and_sizes_are_checked():
+    assert "bank" not in LinearLeakPenalty(anatomy_dim=8).state_dict()
+    with pytest.raises(ValueError, match="min_bank"):
+        LinearLeakPenalty(bank_size=16, min_bank=32)
