@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from prism.evaluation.probes import ridge_fit, ridge_predict
 from prism.objectives.base import Objective, PretrainStep
 from prism.objectives.cross_sequence_invariance import view_pairs
+from prism.objectives.feature_bank import FeatureBank
 from prism.sequences import NUM_SEQUENCE_TYPES
 
 
@@ -47,30 +48,22 @@ class LinearLeakPenalty(Objective):
             raise ValueError(f"LinearLeakPenalty: need 2 <= min_bank <= bank_size, got min_bank={min_bank}, bank_size={bank_size}.")
         self.l2 = float(l2)
         self.min_bank = min_bank
-        self.register_buffer("bank", torch.zeros(bank_size, anatomy_dim), persistent=False)
-        self.register_buffer("bank_label", torch.full((bank_size,), -1, dtype=torch.long), persistent=False)
-        self._next = 0
-
-    def _remember(self, pooled: torch.Tensor, label: torch.Tensor) -> None:
-        rows = (torch.arange(len(label), device=self.bank.device) + self._next) % self.bank.shape[0]
-        self.bank[rows] = pooled.detach().to(self.bank.dtype)
-        self.bank_label[rows] = label
-        self._next = int((self._next + len(label)) % self.bank.shape[0])
+        self.bank = FeatureBank(bank_size, anatomy_dim)
 
     def probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The ridge probe fitted on the bank, or ``None`` while the bank is too small."""
-        filled = self.bank_label >= 0
-        if int(filled.sum()) < self.min_bank or len(self.bank_label[filled].unique()) < 2:
+        vectors, labels = self.bank.filled()
+        if len(labels) < self.min_bank or len(labels.unique()) < 2:
             return None
-        one_hot = F.one_hot(self.bank_label[filled], NUM_SEQUENCE_TYPES)
-        return ridge_fit(self.bank[filled], one_hot, self.l2)
+        one_hot = F.one_hot(labels, NUM_SEQUENCE_TYPES)
+        return ridge_fit(vectors, one_hot, self.l2)
 
     def compute(self, step: PretrainStep) -> torch.Tensor | None:
         pooled = step.features["anatomy"].float().mean(dim=1)
         probe = self.probe()  # fitted before this batch enters the bank: the batch is held out
         known = step.view_present & (step.sequence_id >= 0)
         if bool(known.any()):
-            self._remember(pooled[known], step.sequence_id[known])
+            self.bank.add(pooled[known], step.sequence_id[known])
         if probe is None:
             return None
         first, second = view_pairs(step)
