@@ -256,3 +256,21 @@ def test_nan_loss_names_the_subjects(tiny_module):
     batch["image"][1, 0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match=r"sub-000.*sub-001|sub-001"):
         tiny_module._shared_step(batch, "train")
+
+
+def test_position_share_measures_the_position_only_content_and_needs_the_running_mean():
+    torch.manual_seed(0)
+    num_positions, kept, width = 32, 8, 6
+    by_position = torch.randn(num_positions, width) * 3
+    ids_keep = torch.stack([torch.randperm(num_positions)[:kept] for _ in range(6)])
+    objective = CrossSequenceInvariance(position_momentum=0.5, position_weight=1.0)
+    objective.position_centred(by_position[ids_keep], ids_keep, num_positions)  # running mean = by_position
+    assert objective.position_share(by_position[ids_keep], ids_keep).item() == pytest.approx(1.0, abs=1e-4)
+    subject_only = torch.randn(6, kept, width) * 3 + objective.position_mean[objective.position_seen].mean(0)
+    assert objective.position_share(subject_only, ids_keep).item() < 0.4  # ~1/width for unrelated content
+    mixed = (by_position[ids_keep] + torch.randn(6, kept, width)).requires_grad_(True)
+    share = objective.position_share(mixed, ids_keep)
+    share.backward()
+    assert objective.position_share((mixed - 0.5 * mixed.grad).detach(), ids_keep) < share.detach()
+    with pytest.raises(ValueError, match="position_weight"):
+        CrossSequenceInvariance(position_weight=1.0)

@@ -21,6 +21,12 @@ full objective, 0.08 under masked reconstruction alone). Removing the per-positi
 terms, and the spread the hinge demands, come from what differs between subjects. A running mean
 (not the batch's) because with 75 % masking and a few subjects per batch most positions are kept by
 one subject only; it is not saved in checkpoints and re-warms in a few steps after a resume.
+
+``position_weight`` > 0 (needs ``position_momentum``) also penalises the position-only content itself:
+the squared cosine between each (globally centred) token and its position's (globally centred) running
+mean. With tokens = position part + subject part this is the fraction of the token the position part
+explains, the same quantity the cosine between *different* subjects at one position measures; removing
+the running mean before the invariance terms only stops those terms from rewarding it.
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ class CrossSequenceInvariance(Objective):
         std_target: minimal per-channel standard deviation.
         position_momentum: momentum of the running per-position mean subtracted from the tokens
             first (see the module docstring); 0 = off.
+        position_weight: weight of the squared cosine between each token and its position's running
+            mean (the position-only content; needs ``position_momentum`` > 0).
     """
 
     requires_pairs = True
@@ -77,11 +85,13 @@ class CrossSequenceInvariance(Objective):
     def __init__(self, weight: float = 1.0, token_weight: float = 1.0, pooled_weight: float = 0.5,
                  variance_weight: float = 1.0, covariance_weight: float = 0.04, std_target: float = 1.0,
                  mse_weight: float = 0.0, centre: bool = False, standardised_weight: float = 0.0,
-                 position_momentum: float = 0.0):
+                 position_momentum: float = 0.0, position_weight: float = 0.0):
         super().__init__(weight)
         if not 0.0 <= position_momentum < 1.0:
             raise ValueError(f"CrossSequenceInvariance: position_momentum must be in [0, 1), got {position_momentum}.")
-        self.position_momentum = position_momentum
+        if position_weight > 0 and position_momentum == 0:
+            raise ValueError("CrossSequenceInvariance: position_weight > 0 needs position_momentum > 0 (the running per-position mean).")
+        self.position_momentum, self.position_weight = position_momentum, position_weight
         self.register_buffer("position_mean", None, persistent=False)
         self.register_buffer("position_seen", None, persistent=False)
         self.token_weight, self.pooled_weight, self.mse_weight, self.centre = token_weight, pooled_weight, mse_weight, centre
@@ -135,5 +145,16 @@ class CrossSequenceInvariance(Objective):
         if self.position_momentum > 0:
             if step.ids_keep is None:
                 raise ValueError("CrossSequenceInvariance(position_momentum > 0) needs the kept tokens' grid indices (PretrainStep.ids_keep).")
+            raw = anatomy
             anatomy = self.position_centred(anatomy, step.ids_keep, step.grid[0] * step.grid[1] * step.grid[2])
+            if self.position_weight > 0:
+                position_share = self.position_share(raw[step.view_present], step.ids_keep[step.view_present])
+                return self.loss_from(anatomy[i], anatomy[j]) + self.position_weight * position_share
         return self.loss_from(anatomy[i], anatomy[j])
+
+    def position_share(self, tokens: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Mean squared cosine between globally centred ``tokens`` ``[M, K, A]`` and their positions'
+        centred running means (the running means are detached: only the tokens move)."""
+        global_mean = self.position_mean[self.position_seen].mean(dim=0)
+        direction = self.position_mean[ids_keep] - global_mean
+        return F.cosine_similarity(tokens.float() - global_mean, direction, dim=-1).pow(2).mean()
