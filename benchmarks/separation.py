@@ -6,6 +6,9 @@
 Every checkpoint is evaluated by ``prism.evaluation.separation`` on the same held-out synthetic
 subjects (a seed never used for training), each rendered under T1w_MPRAGE, T2w, FLAIR and PDw at
 the same window. The page lists, per measure, which direction is better and which checkpoint wins.
+With ``--splits K`` (K >= 2) each probe-based cell also gives the mean ± standard deviation over K random
+halves of the subjects training the probes (``split_spread``), and the winner is picked on that mean:
+differences smaller than that spread are not differences.
 """
 
 from __future__ import annotations
@@ -30,18 +33,22 @@ MEASURES = {
 }
 
 
-def evaluate(checkpoint: str, subjects: int) -> dict[str, float]:
+def evaluate(checkpoint: str, subjects: int, splits: int = 1) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """(the fixed-split report, {probe measure: (mean, std) over ``splits`` random splits} or {} when splits < 2)."""
     from prism.evaluation.cli import load_pretrain_network
     from prism.evaluation.held_out import held_out_batches
-    from prism.evaluation.separation import collect_features, separation_report
+    from prism.evaluation.separation import collect_features, separation_report, split_spread
 
     network, config = load_pretrain_network(checkpoint)
     data = config.get("data", {})
     batches = held_out_batches(data.get("crop_size", [64, 64, 64]), float(data.get("spacing_mm", 2.0)), subjects)
-    return separation_report(collect_features(network, batches))
+    features = collect_features(network, batches)
+    return separation_report(features), (split_spread(features, splits) if splits >= 2 else {})
 
 
-def table(reports: dict[str, dict[str, float]]) -> str:
+def table(reports: dict[str, dict[str, float]], spreads: dict[str, dict[str, tuple[float, float]]] | None = None) -> str:
+    """Markdown table, a column per checkpoint; with ``spreads`` probe cells read "fixed (mean ± sd)"."""
+    spreads = spreads or {}
     names = list(reports)
     lines = ["| measure | better | " + " | ".join(names) + " | best |", "|---|---|" + "---|" * len(names) + "---|"]
     first = reports[names[0]]
@@ -51,9 +58,14 @@ def table(reports: dict[str, dict[str, float]]) -> str:
         if key not in first:
             continue
         values = {name: reports[name].get(key, float("nan")) for name in names}
+        cells = {name: f"{values[name]:.3f}" for name in names}
+        for name in names:
+            if key in spreads.get(name, {}):
+                mean, std = spreads[name][key]
+                values[name], cells[name] = mean, f"{cells[name]} ({mean:.3f} ± {std:.3f})"
         best = max(values, key=values.get) if higher else min(values, key=values.get)
         lines.append(f"| {label} | {'higher' if higher else 'lower'} | "
-                     + " | ".join(f"{values[n]:.3f}" for n in names) + f" | {best} |")
+                     + " | ".join(cells[n] for n in names) + f" | {best} |")
     return "\n".join(lines)
 
 
@@ -63,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subjects", type=int, default=48, help="held-out subjects (half train the probes, half test them)")
     parser.add_argument("--out", default=None, help="write the Markdown page here")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--splits", type=int, default=1, help="K >= 2: also mean ± sd of the probe measures over K random subject halves")
     args = parser.parse_args(argv)
 
     import torch
@@ -70,13 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
-    reports = {name: evaluate(path, args.subjects) for name, path in checkpoints.items()}
+    evaluated = {name: evaluate(path, args.subjects, args.splits) for name, path in checkpoints.items()}
+    reports = {name: report for name, (report, _) in evaluated.items()}
+    spreads = {name: spread for name, (_, spread) in evaluated.items()}
+    split_note = (f" Probe cells: the fixed split (first half of the subjects trains the probes), then the mean ± sd over "
+                  f"{args.splits} random halves; the best column uses that mean." if args.splits >= 2 else "")
     page = (
         f"# Anatomy/sequence separation: {', '.join(reports)}\n\n"
         f"Date: {datetime.date.today().isoformat()}. Command:\n\n```\n"
         f"{shlex.join(['python', *sys.argv])}\n```\n\n"
         f"{args.subjects} held-out synthetic subjects x 4 sequences; machine: {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__}.\n\n{table(reports)}\n"
+        f"torch {torch.__version__}.{split_note}\n\n{table(reports, spreads)}\n"
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

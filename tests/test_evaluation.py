@@ -1,5 +1,9 @@
 """The separation measures give the expected verdict on hand-built features."""
 
+import importlib.util
+from pathlib import Path
+
+import pytest
 import torch
 
 from prism.evaluation.separation import separation_report, verdict
@@ -40,3 +44,36 @@ def test_sequence_leaking_anatomy_is_caught():
     assert not checks["anatomy_part_blind_to_sequence"]
     assert not checks["anatomy_groups_by_subject"]
     assert checks["sequence_part_knows_sequence"]
+
+
+def test_split_spread_measures_how_much_the_probe_split_matters():
+    from prism.evaluation.separation import split_spread
+
+    clean = synthetic_features(leak_sequence_into_anatomy=False)
+    first_half = clean["subject"].unique()[:6]
+    assert separation_report(clean, train_subjects=first_half) == separation_report(clean)
+    spread = split_spread(clean, splits=5)
+    assert spread["sequence_acc_from_sequence"] == (1.0, 0.0)  # a perfect probe on every split
+
+    noisy = dict(clean, code=clean["code"] + 0.8 * torch.randn(clean["code"].shape, generator=torch.Generator().manual_seed(1)))
+    per_split = [separation_report(noisy, train_subjects=torch.randperm(12, generator=torch.Generator().manual_seed(s))[:6])
+                 ["sequence_acc_from_sequence"] for s in range(5)]
+    assert len(set(per_split)) > 1  # the fixture really depends on the split
+    mean, std = split_spread(noisy, splits=8)["sequence_acc_from_sequence"]
+    assert 0.25 < mean < 1.0 and std > 0
+    assert "anatomy_cos_same_subject" not in split_spread(noisy, splits=2)  # split-free measures are not repeated
+    with pytest.raises(ValueError, match="at least 2 splits"):
+        split_spread(noisy, splits=1)
+
+
+def test_benchmark_table_shows_the_spread_and_picks_the_winner_on_its_mean():
+    spec = importlib.util.spec_from_file_location("separation_benchmark", Path(__file__).parents[1] / "benchmarks" / "separation.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    reports = {name: {"sequence_chance": 0.25, "subject_retrieval_chance": 0.01, "te_error": value}
+               for name, value in (("a", 0.70), ("b", 0.75))}
+    spreads = {"a": {"te_error": (0.80, 0.03)}, "b": {"te_error": (0.76, 0.02)}}
+    row = next(line for line in page.table(reports, spreads).splitlines() if line.startswith("| EchoTime"))
+    assert "0.700 (0.800 ± 0.030)" in row and "0.750 (0.760 ± 0.020)" in row
+    assert row.endswith("| b |")  # lower mean over splits wins, though a's fixed split is lower
+    assert page.table(reports).splitlines()[-1].endswith("| a |")

@@ -13,6 +13,9 @@ window, encode every view without masking and report:
   another sequence of the same subject? (chance = (V-1)/(N-1));
 * ``tr_error`` / ``te_error``: median relative error of RepetitionTime / EchoTime from a
   ridge probe on the sequence code (subject-disjoint split).
+
+The probe-based measures depend on which subjects train the probes; ``split_spread`` repeats them over
+random subject halves (mean, standard deviation), so two checkpoints are compared against that noise.
 """
 
 from __future__ import annotations
@@ -57,23 +60,19 @@ def _mean_offdiagonal_cosine(a: torch.Tensor, b: torch.Tensor, pairs: torch.Tens
     return float(sim[pairs].mean())
 
 
-def separation_report(features: dict[str, torch.Tensor]) -> dict[str, float]:
-    """All measures from :func:`collect_features` output (needs >= 4 subjects with >= 2 sequences)."""
-    anatomy, code, seq, subject = features["anatomy"], features["code"], features["sequence_id"], features["subject"]
-    # centre per channel: a component shared by every token says nothing about subject or sequence
-    anatomy = anatomy - anatomy.mean(dim=(0, 1), keepdim=True)
+def separation_report(features: dict[str, torch.Tensor], train_subjects: torch.Tensor | None = None) -> dict[str, float]:
+    """All measures from :func:`collect_features` output (needs >= 4 subjects with >= 2 sequences).
+
+    The probes are fitted on ``train_subjects`` (default: the first half of the subjects) and tested on
+    the others; :func:`split_spread` repeats that over random halves to show how much they vary.
+    """
+    anatomy, subject = centred_anatomy(features), features["subject"]
     subjects = subject.unique()
     if len(subjects) < 4:
         raise ValueError(f"separation_report needs at least 4 held-out subjects, got {len(subjects)}.")
-    train = torch.isin(subject, subjects[: len(subjects) // 2])
-    test = ~train
-    known = seq >= 0
-    pooled = anatomy.mean(1)
-    report = {
-        "sequence_chance": majority_rate(seq[train & known], seq[test & known]),
-        "sequence_acc_from_sequence": probe_accuracy(code[train & known], seq[train & known], code[test & known], seq[test & known], NUM_SEQUENCE_TYPES),
-        "sequence_acc_from_anatomy": probe_accuracy(pooled[train & known], seq[train & known], pooled[test & known], seq[test & known], NUM_SEQUENCE_TYPES),
-    }
+    train = torch.isin(subject, subjects[: len(subjects) // 2] if train_subjects is None else train_subjects)
+    report = probe_measures(features, anatomy, train)
+    seq = features["sequence_id"]
     same_subject = subject.unsqueeze(0) == subject.unsqueeze(1)
     same_sequence = seq.unsqueeze(0) == seq.unsqueeze(1)
     report["anatomy_cos_same_subject"] = _mean_offdiagonal_cosine(anatomy, anatomy, same_subject & ~same_sequence)
@@ -85,6 +84,25 @@ def separation_report(features: dict[str, torch.Tensor]) -> dict[str, float]:
     report["subject_retrieval"] = float((subject[sim.argmax(1)] == subject).double().mean())
     views = torch.bincount(subject).float()
     report["subject_retrieval_chance"] = float(((views[subject] - 1) / (len(subject) - 1)).mean())
+    return report
+
+
+def centred_anatomy(features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Anatomy tokens centred per channel: a component shared by every token says nothing about subject or sequence."""
+    anatomy = features["anatomy"]
+    return anatomy - anatomy.mean(dim=(0, 1), keepdim=True)
+
+
+def probe_measures(features: dict[str, torch.Tensor], anatomy: torch.Tensor, train: torch.Tensor) -> dict[str, float]:
+    """The measures that fit a probe on the ``train`` views and test it on the rest (subject-disjoint)."""
+    code, seq = features["code"], features["sequence_id"]
+    test, known = ~train, seq >= 0
+    pooled = anatomy.mean(1)
+    report = {
+        "sequence_chance": majority_rate(seq[train & known], seq[test & known]),
+        "sequence_acc_from_sequence": probe_accuracy(code[train & known], seq[train & known], code[test & known], seq[test & known], NUM_SEQUENCE_TYPES),
+        "sequence_acc_from_anatomy": probe_accuracy(pooled[train & known], seq[train & known], pooled[test & known], seq[test & known], NUM_SEQUENCE_TYPES),
+    }
     for name, key in (("RepetitionTime", "tr_error"), ("EchoTime", "te_error")):
         p = ACQUISITION_PARAMETERS.index(name)
         rows = features["acq_present"][:, p]
@@ -93,6 +111,28 @@ def separation_report(features: dict[str, torch.Tensor]) -> dict[str, float]:
             predicted = ridge_fit_predict(code[rows & train], target[rows & train].unsqueeze(1), code[rows & test], l2=1e-2)[:, 0]
             report[key] = float(((predicted.exp() - target[rows & test].exp()).abs() / target[rows & test].exp()).median())
     return report
+
+
+def split_spread(features: dict[str, torch.Tensor], splits: int, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Mean and standard deviation of the probe measures over ``splits`` random subject halves.
+
+    The probe-based numbers depend on which held-out subjects train the probe; this says how much
+    (the similarity and retrieval measures use every subject and do not depend on a split).
+    """
+    if splits < 2:
+        raise ValueError(f"split_spread needs at least 2 splits to measure a spread, got {splits}.")
+    anatomy, subject = centred_anatomy(features), features["subject"]
+    subjects = subject.unique()
+    generator = torch.Generator().manual_seed(seed)
+    reports = []
+    for _ in range(splits):
+        half = subjects[torch.randperm(len(subjects), generator=generator)[: len(subjects) // 2]]
+        reports.append(probe_measures(features, anatomy, torch.isin(subject, half)))
+    spread = {}
+    for key in reports[0]:
+        values = torch.tensor([r[key] for r in reports if key in r], dtype=torch.float64)
+        spread[key] = (float(values.mean()), float(values.std()))
+    return spread
 
 
 def verdict(report: dict[str, float], margin: float = 0.15) -> dict[str, bool]:
