@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "finetune.md"))
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--tasks", nargs="+", help="run only these tasks of the suite")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the suite's seeds (as prism benchmark --seeds)")
     args = parser.parse_args(argv)
 
     import torch
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     suite = Suite.load(args.suite, parse_checkpoints(args.checkpoint))
+    if args.seeds:
+        suite.seeds = list(args.seeds)
     load_before, started = os.getloadavg(), time.time()
     records, failures = run_suite(suite, Path(args.out), only_tasks=args.tasks)
     load_after, minutes = os.getloadavg(), (time.time() - started) / 60
