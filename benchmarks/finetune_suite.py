@@ -74,7 +74,7 @@ Machine: {machine()}. Load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in lo
 timings are indicative only. This invocation took {minutes:.1f} min (runs finished earlier in
 `{args.out}` are read back, not re-run).
 
-Suite file: `{Path(args.suite).relative_to(ROOT) if Path(args.suite).resolve().is_relative_to(ROOT) else args.suite}`
+Suite file: `{Path(args.suite).resolve().relative_to(ROOT) if Path(args.suite).resolve().is_relative_to(ROOT) else args.suite}`
 (every run's full config is in its run folder, `config_resolved.yaml`).
 
 {table}
