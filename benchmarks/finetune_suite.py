@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     records, failures = run_suite(suite, Path(args.out), only_tasks=args.tasks)
     load_after, minutes = os.getloadavg(), (time.time() - started) / 60
     table = (Path(args.out) / "benchmark.md").read_text()
+    suite_path = Path(args.suite).resolve()
     per_task: dict[str, list[float]] = {}
     for record in records:
         per_task.setdefault(record["task"], []).append(float(record.get("seconds", 0.0)))
@@ -74,7 +75,7 @@ Machine: {machine()}. Load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in lo
 timings are indicative only. This invocation took {minutes:.1f} min (runs finished earlier in
 `{args.out}` are read back, not re-run).
 
-Suite file: `{Path(args.suite).resolve().relative_to(ROOT) if Path(args.suite).resolve().is_relative_to(ROOT) else args.suite}`
+Suite file: `{suite_path.relative_to(ROOT) if suite_path.is_relative_to(ROOT) else suite_path}`
 (every run's full config is in its run folder, `config_resolved.yaml`).
 
 {table}

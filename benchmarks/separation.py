@@ -80,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from prism.finetune.benchmark import parse_checkpoints
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
+    checkpoints = parse_checkpoints(args.checkpoint)
     evaluated = {name: evaluate(path, args.subjects, args.splits) for name, path in checkpoints.items()}
     reports = {name: report for name, (report, _) in evaluated.items()}
     spreads = {name: spread for name, (_, spread) in evaluated.items()}

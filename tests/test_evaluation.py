@@ -77,3 +77,11 @@ def test_benchmark_table_shows_the_spread_and_picks_the_winner_on_its_mean():
     assert "0.700 (0.800 ± 0.030)" in row and "0.750 (0.760 ± 0.020)" in row
     assert row.endswith("| b |")  # lower mean over splits wins, though a's fixed split is lower
     assert page.table(reports).splitlines()[-1].endswith("| a |")
+
+
+def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
+    from prism.training.checkpoint_io import safe_torch_load
+
+    (tmp_path / "bad.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read with torch.load\\(weights_only=True\\).*corrupt or truncated"):
+        safe_torch_load(tmp_path / "bad.ckpt")

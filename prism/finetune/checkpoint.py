@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,11 +111,8 @@ def read_checkpoint(source: str | os.PathLike, architecture: dict[str, Any] | No
     else:
         try:
             raw = safe_torch_load(path)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise CheckpointError(
-                f"{path} cannot be read with torch.load(weights_only=True) ({type(err).__name__}): it holds pickled objects "
-                f"other than tensors (prism never runs pickled code) or is corrupt. Re-save its state_dict, or use `prism export`."
-            ) from err
+        except ValueError as err:  # unreadable or unsafe: safe_torch_load's message names the problem and the fix
+            raise CheckpointError(str(err)) from err
         metadata = dict(raw.get("prism") or {}) if isinstance(raw, dict) else {}
         state = raw.get("state_dict", raw.get("model", raw)) if isinstance(raw, dict) else raw
         if metadata.get("config_json"):

@@ -9,6 +9,7 @@ rebuilds tensors and plain containers.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,18 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without executing pickled code; clear error when the file is missing."""
+    """Load a checkpoint without executing pickled code; clear errors when the file is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}. Check the path (ckpt_path=... or finetune.checkpoint=...).")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ValueError(
+            f"{path} cannot be read with torch.load(weights_only=True) ({type(err).__name__}): it holds pickled objects "
+            f"other than tensors (prism never runs pickled code) or is corrupt or truncated (an interrupted copy?). "
+            f"Re-save its state_dict, or use `prism export`."
+        ) from err
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
