@@ -226,6 +226,51 @@ def test_warning_signal_saves_at_the_step_boundary_and_auto_resume_continues(tmp
     assert trainer.global_step == 5 and datamodule.batches_consumed == 5
 
 
+
+def test_a_run_stopped_by_the_warning_signal_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    """Everything a step depends on is in the checkpoint: weights, optimizer, data position, seeds, and the
+    objectives' running state (the invariance's per-position mean, the leak probe's feature bank: a small
+    bank so the probe is in use before the stop)."""
+    from prism.training.run import build, train
+
+    overrides = TINY + ["trainer.max_steps=6", "trainer.val_check_interval=100", "callbacks.last_checkpoint.every_n_train_steps=100",
+                        "module.objectives.linear_leak.bank_size=16", "module.objectives.linear_leak.min_bank=4"]
+    reference_cfg = compose_cfg(overrides, tmp_path / "reference")
+    train(reference_cfg, *build(reference_cfg))
+    cfg = compose_cfg(overrides, tmp_path / "stopped")
+    datamodule, module, trainer = build(cfg)
+    trainer.callbacks.append(SendSignalAt(step=2, signum=signal.SIGUSR1))
+    train(cfg, datamodule, module, trainer)
+    saved = torch.load(tmp_path / "stopped" / "checkpoints" / "hpc_ckpt_3.ckpt", weights_only=True)["state_dict"]
+    assert int((saved["objectives.linear_leak.bank.labels"] >= 0).sum()) >= 4  # the probe was in use
+    assert saved["objectives.invariance.position_seen"].any()
+    resumed = compose_cfg(overrides, tmp_path / "stopped")
+    train(resumed, *build(resumed))
+
+    final = {name: torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True) for name in ("reference", "stopped")}
+    assert final["stopped"]["global_step"] == final["reference"]["global_step"] == 6
+    for name, tensor in final["reference"]["state_dict"].items():
+        torch.testing.assert_close(final["stopped"]["state_dict"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_checkpoint_without_the_objectives_running_state_still_resumes(tmp_path):
+    from prism.training.run import build, train
+
+    overrides = TINY + ["trainer.max_steps=2", "trainer.val_check_interval=100", "callbacks.last_checkpoint.every_n_train_steps=100"]
+    cfg = compose_cfg(overrides, tmp_path)
+    train(cfg, *build(cfg))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    dropped = [k for k in checkpoint["state_dict"] if k.startswith("objectives.")]
+    assert dropped  # the objectives' running state is saved ...
+    for key in dropped:  # ... and a checkpoint written before it was still resumes
+        del checkpoint["state_dict"][key]
+    torch.save(checkpoint, last)
+    resumed = compose_cfg(TINY + ["trainer.max_steps=3", f"ckpt_path={last}"], tmp_path)
+    datamodule, module, trainer = build(resumed)
+    train(resumed, datamodule, module, trainer)
+    assert trainer.global_step == 3
+
 # ------------------------------------------------------------------ per-rank, resumable seeds
 def masks_drawn(seed: int, rank: int, batches: int, start_state: dict | None = None) -> list[torch.Tensor]:
     callback, trainer = StepSeed(seed), SimpleNamespace(global_rank=rank)

@@ -102,6 +102,9 @@ def test_invariance_position_centring_sees_through_position_only_tokens():
     objective.position_centred(tokens + content, ids_keep, num_positions)
     seen = objective.position_seen
     assert not torch.equal(objective.position_mean[seen], mean_before[seen])  # momentum update in training
+    restored = CrossSequenceInvariance(variance_weight=1.0, position_momentum=0.9)
+    restored.load_state_dict(objective.state_dict())  # sized from the checkpoint, then copied
+    assert torch.equal(restored.position_mean, objective.position_mean) and torch.equal(restored.position_seen, seen)
     with pytest.raises(ValueError, match="position_momentum"):
         CrossSequenceInvariance(position_momentum=1.0)
 

@@ -55,7 +55,7 @@ def test_gradient_goes_to_the_leaking_channel():
     assert per_channel[0] > 5 * per_channel[1:].max()
 
 
-def test_bank_is_not_saved_and_sizes_are_checked():
-    assert LinearLeakPenalty(anatomy_dim=8).state_dict() == {}
+def test_bank_is_saved_and_sizes_are_checked():
+    assert set(LinearLeakPenalty(anatomy_dim=8).state_dict()) == {"bank.vectors", "bank.labels", "bank.next_row"}
     with pytest.raises(ValueError, match="min_bank"):
         LinearLeakPenalty(bank_size=16, min_bank=32)

@@ -67,12 +67,16 @@ def test_bank_supplies_negatives_after_the_first_batch_and_absent_views_are_igno
     assert torch.isfinite(fresh.compute(_step(two, present=torch.tensor([True, False, True, True]))))
 
 
-def test_feature_bank_overwrites_the_oldest_and_is_not_saved():
+def test_feature_bank_overwrites_the_oldest_and_resumes_from_its_state_dict():
     bank = FeatureBank(size=3, dim=1)
     bank.add(torch.tensor([[1.0], [2.0]]), torch.tensor([0, 0]))
     bank.add(torch.tensor([[3.0], [4.0]]), torch.tensor([1, 1]))
     vectors, labels = bank.filled()
     assert sorted(vectors.flatten().tolist()) == [2.0, 3.0, 4.0] and len(bank) == 3
-    assert bank.state_dict() == {}
+    restored = FeatureBank(size=3, dim=1)
+    restored.load_state_dict(bank.state_dict())
+    for same in (bank, restored):  # the next write replaces the same (oldest) row in both
+        same.add(torch.tensor([[5.0]]), torch.tensor([2]))
+    assert sorted(restored.filled()[0].flatten().tolist()) == sorted(bank.filled()[0].flatten().tolist()) == [3.0, 4.0, 5.0]
     with pytest.raises(ValueError, match="temperature"):
         SubjectUniformity(temperature=0.0)

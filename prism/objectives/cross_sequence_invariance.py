@@ -20,7 +20,8 @@ both: it meets the cosine terms and the variance hinge without saying anything a
 full objective, 0.08 under masked reconstruction alone). Removing the per-position mean makes both
 terms, and the spread the hinge demands, come from what differs between subjects. A running mean
 (not the batch's) because with 75 % masking and a few subjects per batch most positions are kept by
-one subject only; it is not saved in checkpoints and re-warms in a few steps after a resume.
+one subject only. Under DDP the batch statistics are summed over ranks first, so every rank holds
+the same mean; it is in the state dict, so a resumed run continues with the mean it was saved with.
 
 ``position_weight`` > 0 (needs ``position_momentum``) also penalises the position-only content itself:
 the squared cosine between each (globally centred) token and its position's (globally centred) running
@@ -32,6 +33,7 @@ the running mean before the invariance terms only stops those terms from rewardi
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from prism.objectives.base import Objective, PretrainStep
@@ -92,11 +94,19 @@ class CrossSequenceInvariance(Objective):
         if position_weight > 0 and position_momentum == 0:
             raise ValueError("CrossSequenceInvariance: position_weight > 0 needs position_momentum > 0 (the running per-position mean).")
         self.position_momentum, self.position_weight = position_momentum, position_weight
-        self.register_buffer("position_mean", None, persistent=False)
-        self.register_buffer("position_seen", None, persistent=False)
+        self.register_buffer("position_mean", None)  # [positions, A], sized at the first batch (or by a checkpoint)
+        self.register_buffer("position_seen", None)
         self.token_weight, self.pooled_weight, self.mse_weight, self.centre = token_weight, pooled_weight, mse_weight, centre
         self.variance_weight, self.covariance_weight, self.std_target = variance_weight, covariance_weight, std_target
         self.standardised_weight = standardised_weight
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Size the lazily created running mean from the checkpoint before the standard load copies it."""
+        for name in ("position_mean", "position_seen"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and getattr(self, name) is None:
+                setattr(self, name, torch.empty_like(saved))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def terms(self, first: torch.Tensor, second: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for anatomy tokens of paired views, each ``[M, K, A]``."""
@@ -121,23 +131,45 @@ class CrossSequenceInvariance(Objective):
                 + self.standardised_weight * t["standardised"]
                 + self.variance_weight * t["variance"] + self.covariance_weight * t["covariance"])
 
+    def update_position_mean(self, anatomy: torch.Tensor, ids_keep: torch.Tensor, num_positions: int) -> None:
+        """Move the running per-position mean towards this batch's (summed over DDP ranks)."""
+        with torch.no_grad():
+            flat_ids, flat = ids_keep.reshape(-1), anatomy.detach().float().reshape(-1, anatomy.shape[-1])
+            self.ensure_position_mean(num_positions, flat.shape[1], flat.device)
+            counts = torch.zeros(num_positions, device=flat.device).index_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=flat.dtype))
+            sums = torch.zeros_like(self.position_mean).index_add_(0, flat_ids, flat)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(counts)
+                dist.all_reduce(sums)
+            here = counts > 0
+            batch_mean = sums[here] / counts[here, None]
+            momentum = torch.where(self.position_seen[here], self.position_momentum, 0.0).unsqueeze(1)
+            self.position_mean[here] = momentum * self.position_mean[here] + (1 - momentum) * batch_mean
+            self.position_seen |= here
+
+    def ensure_position_mean(self, num_positions: int, width: int, device: torch.device) -> None:
+        """Start an empty running mean when there is none of this size; move a restored one to ``device``."""
+        if self.position_mean is None or self.position_mean.shape != (num_positions, width):
+            self.position_mean = torch.zeros(num_positions, width, device=device)
+            self.position_seen = torch.zeros(num_positions, dtype=torch.bool, device=device)
+        elif self.position_mean.device != device:
+            self.position_mean, self.position_seen = self.position_mean.to(device), self.position_seen.to(device)
+
     def position_centred(self, anatomy: torch.Tensor, ids_keep: torch.Tensor, num_positions: int) -> torch.Tensor:
         """``anatomy`` ``[N, K, A]`` minus the running mean at each token's grid position (``ids_keep`` ``[N, K]``);
         in training mode the running mean is updated from this batch first."""
-        flat_ids, flat = ids_keep.reshape(-1), anatomy.detach().float().reshape(-1, anatomy.shape[-1])
-        if self.position_mean is None or self.position_mean.shape != (num_positions, flat.shape[1]):
-            self.position_mean = torch.zeros(num_positions, flat.shape[1], device=flat.device)
-            self.position_seen = torch.zeros(num_positions, dtype=torch.bool, device=flat.device)
         if self.training:
-            with torch.no_grad():
-                counts = torch.zeros(num_positions, device=flat.device).index_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=flat.dtype))
-                sums = torch.zeros_like(self.position_mean).index_add_(0, flat_ids, flat)
-                here = counts > 0
-                batch_mean = sums[here] / counts[here, None]
-                momentum = torch.where(self.position_seen[here], self.position_momentum, 0.0).unsqueeze(1)
-                self.position_mean[here] = momentum * self.position_mean[here] + (1 - momentum) * batch_mean
-                self.position_seen |= here
+            self.update_position_mean(anatomy, ids_keep, num_positions)
+        else:
+            self.ensure_position_mean(num_positions, anatomy.shape[-1], anatomy.device)
         return anatomy.float() - self.position_mean[ids_keep]
+
+    def forward(self, step: PretrainStep) -> torch.Tensor | None:
+        if self.position_momentum > 0 and self.training and step.ids_keep is not None and not bool(step.pair_mask().any()):
+            # No pairs: compute() is skipped, but the running mean still takes this batch, so that every
+            # DDP rank joins the same sums every step (a rank that skipped would leave the others waiting).
+            self.update_position_mean(step.features["anatomy"], step.ids_keep, step.grid[0] * step.grid[1] * step.grid[2])
+        return super().forward(step)
 
     def compute(self, step: PretrainStep) -> torch.Tensor:
         i, j = view_pairs(step)

@@ -1,8 +1,8 @@
 """A ring buffer of recent detached feature vectors (and an integer label each) for objectives that
 need more samples than one 3D batch holds (a refitted probe, negatives from other subjects).
 
-The buffers are not saved in checkpoints: they refill in ``size / vectors per step`` steps after a
-resume, and an objective that reads the bank waits until ``len(bank)`` is large enough.
+The buffers (vectors, labels, the next row to write) are part of the module's state dict, so a
+resumed run continues with the bank it was saved with and trains exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ class FeatureBank(nn.Module):
         super().__init__()
         if size < 1 or dim < 1:
             raise ValueError(f"FeatureBank: size and dim must be >= 1, got size={size}, dim={dim}.")
-        self.register_buffer("vectors", torch.zeros(size, dim), persistent=False)
-        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long), persistent=False)
-        self._next = 0
+        self.register_buffer("vectors", torch.zeros(size, dim))
+        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("next_row", torch.zeros((), dtype=torch.long))
 
     def add(self, vectors: torch.Tensor, labels: torch.Tensor) -> None:
         """Store detached ``vectors`` ``[M, dim]`` with ``labels`` ``[M]`` (>= 0), overwriting the oldest."""
@@ -28,10 +28,10 @@ class FeatureBank(nn.Module):
             return
         size = self.vectors.shape[0]
         vectors, labels = vectors[-size:], labels[-size:]
-        rows = (torch.arange(len(labels), device=self.vectors.device) + self._next) % size
+        rows = (torch.arange(len(labels), device=self.vectors.device) + self.next_row) % size
         self.vectors[rows] = vectors.detach().to(self.vectors.dtype)
         self.labels[rows] = labels.to(self.labels.device)
-        self._next = int((self._next + len(labels)) % size)
+        self.next_row.copy_((self.next_row + len(labels)) % size)
 
     def filled(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The stored vectors and labels (rows in no particular order)."""

@@ -12,9 +12,8 @@ else. The gradient only moves the two views' features together along the probe's
 unlike dividing every channel by its spread (tried: it collapsed the features), it gives nothing for
 shrinking features as a whole. Pairs are needed; batches without them skip the term.
 
-The bank is a buffer of the last ``bank_size`` pooled anatomy vectors (not saved in checkpoints;
-it refills in ``bank_size / views per step`` steps after a resume, and the term waits until it holds
-``min_bank`` vectors of at least two sequence types).
+The bank is a buffer of the last ``bank_size`` pooled anatomy vectors (saved in checkpoints with
+the module; the term waits until it holds ``min_bank`` vectors of at least two sequence types).
 """
 
 from __future__ import annotations

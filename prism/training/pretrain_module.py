@@ -154,6 +154,17 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Let a checkpoint written before the objectives' running state (feature banks, running means)
+        was saved resume: that state starts empty, as it did then, instead of failing the strict load."""
+        state = checkpoint.get("state_dict", {})
+        missing = [k for k in self.state_dict() if k.startswith("objectives.") and k not in state]
+        if missing:
+            log.warning("The checkpoint holds no running state for %s: it starts empty and refills in a few steps.",
+                        sorted({k.split(".")[1] for k in missing}))
+            own = self.state_dict()
+            state.update({k: own[k] for k in missing})
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Make the checkpoint self-describing (see ``prism export``): plain JSON-able metadata only."""
         config_json = json.dumps(self.run_config or {}, sort_keys=True, default=str)
