@@ -157,12 +157,11 @@ class PretrainModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Let a checkpoint written before the objectives' running state (feature banks, running means)
         was saved resume: that state starts empty, as it did then, instead of failing the strict load."""
-        state = checkpoint.get("state_dict", {})
-        missing = [k for k in self.state_dict() if k.startswith("objectives.") and k not in state]
+        state, own = checkpoint.get("state_dict", {}), self.state_dict()
+        missing = [k for k in own if k.startswith("objectives.") and k not in state]
         if missing:
             log.warning("The checkpoint holds no running state for %s: it starts empty and refills in a few steps.",
                         sorted({k.split(".")[1] for k in missing}))
-            own = self.state_dict()
             state.update({k: own[k] for k in missing})
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
