@@ -231,6 +231,24 @@ def test_layer_decay_scales_the_encoder_and_leaves_the_head_at_full_rate():
         param_groups_layer_decay(network.named_parameters(), 2, 0.05, 0.0)
 
 
+def test_segmentation_loss_comes_from_config(tmp_path):
+    from hydra.utils import instantiate
+    from monai.losses import DiceCELoss, DiceFocalLoss
+
+    cfg = compose_cfg(["+experiment=finetune_seg", "module.segmentation_loss._target_=monai.losses.DiceFocalLoss",
+                       "++module.segmentation_loss.include_background=false"], tmp_path)
+    configured = instantiate(cfg.module.segmentation_loss)
+    assert isinstance(configured, DiceFocalLoss) and not configured.dice.include_background
+    logits = torch.randn(2, 3, 4, 4, 4)
+    labels = torch.randint(0, 3, (2, 4, 4, 4))
+    batch = {"labels": labels}
+    default = FinetuneModule(torch.nn.Identity(), optimizer=torch.optim.AdamW, task=SEG)
+    chosen = FinetuneModule(torch.nn.Identity(), optimizer=torch.optim.AdamW, task=SEG, segmentation_loss=configured)
+    assert torch.allclose(default.loss(logits, batch), DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels.unsqueeze(1)))
+    assert torch.allclose(chosen.loss(logits, batch), configured(logits, labels.unsqueeze(1)))
+    assert not torch.allclose(chosen.loss(logits, batch), default.loss(logits, batch))
+
+
 # ------------------------------------------------------------------------------------------ training modes
 class RandomTask(Dataset):
     """Learnable toy items: the class / targets / labels follow the image brightness."""

@@ -2,8 +2,9 @@
 
 The network is built in :meth:`FinetuneModule.setup` from ``datamodule.task`` (the
 ``model`` config is a partial of :func:`prism.finetune.networks.build_finetune_network`),
-so one ``model`` config serves every task and adapter. Losses: Dice + cross-entropy
-(MONAI ``DiceCELoss``) for segmentation, cross-entropy for classification, mean squared
+so one ``model`` config serves every task and adapter. Losses: ``segmentation_loss`` (default
+MONAI ``DiceCELoss`` over softmax outputs and integer labels; any MONAI loss of that call
+signature from config, e.g. ``DiceFocalLoss`` or ``DiceCELoss(include_background=False)``) for segmentation, cross-entropy for classification, mean squared
 error on standardised targets for regression. Segmentation is validated and tested on
 whole volumes with sliding windows. After ``trainer.test`` the metrics of every test set
 (``datamodule.test_set_names``) are written to ``<output_dir>/metrics.json`` and
@@ -54,6 +55,8 @@ class FinetuneModule(L.LightningModule):
         weight_decay: AdamW weight decay (not on biases, norms, tokens).
         layer_decay: per-block lr decay of the encoder in ``mode=finetune`` (1 = none);
             ignored in ``linear_probe`` (frozen) and ``scratch`` (all layers at ``lr``).
+        segmentation_loss: ``loss(logits (B, C, ...), labels (B, 1, ...))`` for segmentation tasks;
+            None = ``DiceCELoss(to_onehot_y=True, softmax=True)``.
         output_dir: where ``metrics.json`` goes; None = the trainer's ``default_root_dir``.
         task: the task when no datamodule supplies it (e.g. manual use); else ``datamodule.task``.
     """
@@ -68,6 +71,7 @@ class FinetuneModule(L.LightningModule):
         layer_decay: float = 0.75,
         output_dir: str | None = None,
         task: TaskSpec | None = None,
+        segmentation_loss: nn.Module | None = None,
     ):
         super().__init__()
         if lr <= 0:
@@ -78,12 +82,12 @@ class FinetuneModule(L.LightningModule):
         self.lr, self.weight_decay, self.layer_decay = lr, weight_decay, layer_decay
         self.output_dir = output_dir
         self.task: TaskSpec | None = task or getattr(self.net, "task", None)
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.segmentation_loss = segmentation_loss if segmentation_loss is not None else DiceCELoss(to_onehot_y=True, softmax=True)
         self.val_metrics: TaskMetrics | None = None
         self.test_metrics: list[TaskMetrics] = []
         self.test_results: dict[str, dict[str, float]] = {}
         self.run_config: dict[str, Any] | None = None  # set by prism.training.run.build
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "task"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "task", "segmentation_loss"])
 
     # ------------------------------------------------------------------ setup
     def _datamodule(self) -> Any:
@@ -108,7 +112,7 @@ class FinetuneModule(L.LightningModule):
     def loss(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         kind = self.task.kind
         if kind == "segmentation":
-            return self.dice_ce(outputs, batch["labels"].unsqueeze(1))
+            return self.segmentation_loss(outputs, batch["labels"].unsqueeze(1))
         if kind == "classification":
             return F.cross_entropy(outputs, batch["target"].long())
         return F.mse_loss(outputs, batch["target"].float())
