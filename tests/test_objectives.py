@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from conftest import make_batch
 from prism.objectives.adversarial_sequence import AdversarialSequence, confusion_loss, reverse_gradient, standardise_channels
+from prism.objectives.base import PretrainStep
 from prism.objectives.cross_sequence_invariance import CrossSequenceInvariance, covariance_penalty, variance_hinge
 from prism.objectives.masked_reconstruction import masked_patch_mse, normalise_patches
 from prism.objectives.sequence_head import SequenceHead, denormalise_acquisition, normalise_acquisition
@@ -90,18 +91,17 @@ def test_invariance_position_centring_sees_through_position_only_tokens():
     plain = CrossSequenceInvariance(variance_weight=1.0)
     assert plain.terms(tokens, tokens.clone())["variance"].item() < 0.05  # the hinge is fooled
     objective = CrossSequenceInvariance(variance_weight=1.0, position_momentum=0.9)
+    objective.update_position_mean(tokens, ids_keep, num_positions)
     centred = objective.position_centred(tokens, ids_keep, num_positions)
     assert centred.abs().max().item() < 1e-5  # nothing left once the position's mean is removed
     assert objective.terms(centred, centred.clone())["variance"].item() == pytest.approx(1.0, abs=0.02)  # collapse seen
     content = torch.randn(6, kept, width)
     mean_before = objective.position_mean.clone()
-    objective.eval()
     assert torch.allclose(objective.position_centred(tokens + content, ids_keep, num_positions), content, atol=1e-5)
-    assert torch.equal(objective.position_mean, mean_before)  # evaluation never updates the running mean
-    objective.train()
-    objective.position_centred(tokens + content, ids_keep, num_positions)
+    assert torch.equal(objective.position_mean, mean_before)  # centring only reads the running mean
+    objective.update_position_mean(tokens + content, ids_keep, num_positions)
     seen = objective.position_seen
-    assert not torch.equal(objective.position_mean[seen], mean_before[seen])  # momentum update in training
+    assert not torch.equal(objective.position_mean[seen], mean_before[seen])  # momentum update
     restored = CrossSequenceInvariance(variance_weight=1.0, position_momentum=0.9)
     restored.load_state_dict(objective.state_dict())  # sized from the checkpoint, then copied
     assert torch.equal(restored.position_mean, objective.position_mean) and torch.equal(restored.position_seen, seen)
@@ -261,13 +261,36 @@ def test_nan_loss_names_the_subjects(tiny_module):
         tiny_module._shared_step(batch, "train")
 
 
+def test_invariance_forward_updates_the_running_mean_every_training_step_and_never_in_eval():
+    torch.manual_seed(0)
+    grid, kept, width = (2, 2, 2), 4, 6
+
+    def step(num_views: int, sequence_id: list[int]) -> PretrainStep:
+        n = len(sequence_id)
+        return PretrainStep(network=None, num_subjects=n // num_views, num_views=num_views, volumes=None, target=None,
+                            view_present=torch.ones(n, dtype=torch.bool), sequence_id=torch.tensor(sequence_id),
+                            acq_params=None, acq_present=None, mask=None, ids_restore=None, grid=grid,
+                            features={"anatomy": torch.randn(n, kept, width)}, prediction=None,
+                            ids_keep=torch.stack([torch.randperm(8)[:kept] for _ in range(n)]))
+
+    objective = CrossSequenceInvariance(position_momentum=0.5)
+    assert objective(step(2, [0, 1, 2, 3])) is not None  # pairs: the loss, and the mean takes the batch
+    after_pairs = objective.position_mean.clone()
+    assert objective(step(1, [0, 1])) is None  # no pairs: no loss, but the mean still moves (DDP lockstep)
+    assert not torch.equal(objective.position_mean, after_pairs)
+    objective.eval()
+    before_eval = objective.position_mean.clone()
+    objective(step(2, [0, 1, 2, 3]))
+    assert torch.equal(objective.position_mean, before_eval)
+
+
 def test_position_share_measures_the_position_only_content_and_needs_the_running_mean():
     torch.manual_seed(0)
     num_positions, kept, width = 32, 8, 6
     by_position = torch.randn(num_positions, width) * 3
     ids_keep = torch.stack([torch.randperm(num_positions)[:kept] for _ in range(6)])
     objective = CrossSequenceInvariance(position_momentum=0.5, position_weight=1.0)
-    objective.position_centred(by_position[ids_keep], ids_keep, num_positions)  # running mean = by_position
+    objective.update_position_mean(by_position[ids_keep], ids_keep, num_positions)  # running mean = by_position
     assert objective.position_share(by_position[ids_keep], ids_keep).item() == pytest.approx(1.0, abs=1e-4)
     subject_only = torch.randn(6, kept, width) * 3 + objective.position_mean[objective.position_seen].mean(0)
     assert objective.position_share(subject_only, ids_keep).item() < 0.4  # ~1/width for unrelated content

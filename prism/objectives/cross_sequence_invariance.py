@@ -156,18 +156,15 @@ class CrossSequenceInvariance(Objective):
             self.position_mean, self.position_seen = self.position_mean.to(device), self.position_seen.to(device)
 
     def position_centred(self, anatomy: torch.Tensor, ids_keep: torch.Tensor, num_positions: int) -> torch.Tensor:
-        """``anatomy`` ``[N, K, A]`` minus the running mean at each token's grid position (``ids_keep`` ``[N, K]``);
-        in training mode the running mean is updated from this batch first."""
-        if self.training:
-            self.update_position_mean(anatomy, ids_keep, num_positions)
-        else:
-            self.ensure_position_mean(num_positions, anatomy.shape[-1], anatomy.device)
+        """``anatomy`` ``[N, K, A]`` minus the running mean at each token's grid position (``ids_keep`` ``[N, K]``).
+        Only reads the running mean: :meth:`forward` updates it."""
+        self.ensure_position_mean(num_positions, anatomy.shape[-1], anatomy.device)
         return anatomy.float() - self.position_mean[ids_keep]
 
     def forward(self, step: PretrainStep) -> torch.Tensor | None:
-        if self.position_momentum > 0 and self.training and step.ids_keep is not None and not bool(step.pair_mask().any()):
-            # No pairs: compute() is skipped, but the running mean still takes this batch, so that every
-            # DDP rank joins the same sums every step (a rank that skipped would leave the others waiting).
+        if self.position_momentum > 0 and self.training and step.ids_keep is not None:
+            # Every training step, with pairs or without (compute() is then skipped): every DDP rank joins
+            # the same sums every step, so a rank without pairs never leaves the others waiting.
             self.update_position_mean(step.features["anatomy"], step.ids_keep, step.grid[0] * step.grid[1] * step.grid[2])
         return super().forward(step)
 
