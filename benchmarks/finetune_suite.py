@@ -4,6 +4,9 @@
         --checkpoint pretrained_full=PATH/full.ckpt --checkpoint pretrained_mae=PATH/mae.ckpt \
         [--suite conf/benchmark/builtin.yaml] [--results benchmarks/results/finetune.md] [--threads 2]
 
+Without ``--results`` the page goes to ``<out>/RESULTS.md``, so a partial run (``--seeds``, ``--tasks``)
+never overwrites a committed results page.
+
 Everything is measured in this process: ``prism.finetune.benchmark.run_suite`` trains and tests
 every run of the suite (skipping runs already finished in ``--out``), then this script writes
 ``--results`` with the exact command, the machine (CPU count, torch threads, load average
@@ -33,12 +36,19 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
+def sharing(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
+    """What the load averages say about the timings (a 1-minute load of 0.5 or more: other jobs ran too)."""
+    if max(load_before[0], load_after[0]) >= 0.5:
+        return ": other jobs shared the machine, so timings are indicative only"
+    return " (the machine was otherwise idle when this invocation started and ended)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default=str(ROOT / "conf" / "benchmark" / "builtin.yaml"))
     parser.add_argument("--out", required=True, help="benchmark folder (runs/, benchmark.md, benchmark.csv); re-run to resume")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "finetune.md"))
+    parser.add_argument("--results", help="results page to write (default: <out>/RESULTS.md)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--tasks", nargs="+", help="run only these tasks of the suite")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the suite's seeds (as prism benchmark --seeds)")
@@ -71,8 +81,7 @@ Date: {datetime.date.today().isoformat()}. Measured by:
 ```
 
 Machine: {machine()}. Load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_before)} at the start,
-{'/'.join(f'{x:.1f}' for x in load_after)} at the end: the machine was shared with other jobs, so
-timings are indicative only. This invocation took {minutes:.1f} min (runs finished earlier in
+{'/'.join(f'{x:.1f}' for x in load_after)} at the end{sharing(load_before, load_after)}. This invocation took {minutes:.1f} min (runs finished earlier in
 `{args.out}` are read back, not re-run).
 
 Suite file: `{suite_path.relative_to(ROOT) if suite_path.is_relative_to(ROOT) else suite_path}`
@@ -83,7 +92,7 @@ Run time per task (train + test, one process):
 
 {timing}
 """
-    results = Path(args.results)
+    results = Path(args.results) if args.results else Path(args.out) / "RESULTS.md"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(page)
     print(page)
