@@ -2,11 +2,11 @@
 
 The network is built in :meth:`FinetuneModule.setup` from ``datamodule.task`` (the
 ``model`` config is a partial of :func:`prism.finetune.networks.build_finetune_network`),
-so one ``model`` config serves every task and adapter. Losses: ``segmentation_loss`` (default
-MONAI ``DiceCELoss`` over softmax outputs and integer labels; any MONAI loss of that call
-signature from config, e.g. ``DiceFocalLoss`` or ``DiceCELoss(include_background=False)``) for segmentation, cross-entropy for classification, mean squared
-error on standardised targets for regression. Segmentation is validated and tested on
-whole volumes with sliding windows. After ``trainer.test`` the metrics of every test set
+so one ``model`` config serves every task and adapter. Losses: ``segmentation_loss`` for
+segmentation (default MONAI ``DiceCELoss`` over softmax outputs and integer labels; any MONAI
+loss of that call signature from config, e.g. ``DiceFocalLoss``), cross-entropy for
+classification, mean squared error on standardised targets for regression. Segmentation is
+validated and tested on whole volumes with sliding windows. After ``trainer.test`` the metrics of every test set
 (``datamodule.test_set_names``) are written to ``<output_dir>/metrics.json`` and
 ``metrics.csv`` and logged as ``test/<set>/<metric>``.
 """

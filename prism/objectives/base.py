@@ -57,6 +57,11 @@ class PretrainStep:
         """Reshape a leading N = B*V axis to ``[B, V, ...]``."""
         return tensor.reshape(self.num_subjects, self.num_views, *tensor.shape[1:])
 
+    @property
+    def num_positions(self) -> int:
+        """Tokens in the full (unmasked) grid: the range of ``ids_keep``."""
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
     def pair_mask(self) -> torch.Tensor:
         """``[B, V, V]`` True where views i != j of one subject are both present with different sequences."""
         present = self.per_subject(self.view_present)

@@ -165,7 +165,7 @@ class CrossSequenceInvariance(Objective):
         if self.position_momentum > 0 and self.training and step.ids_keep is not None:
             # Every training step, with pairs or without (compute() is then skipped): every DDP rank joins
             # the same sums every step, so a rank without pairs never leaves the others waiting.
-            self.update_position_mean(step.features["anatomy"], step.ids_keep, step.grid[0] * step.grid[1] * step.grid[2])
+            self.update_position_mean(step.features["anatomy"], step.ids_keep, step.num_positions)
         return super().forward(step)
 
     def compute(self, step: PretrainStep) -> torch.Tensor:
@@ -175,7 +175,7 @@ class CrossSequenceInvariance(Objective):
             if step.ids_keep is None:
                 raise ValueError("CrossSequenceInvariance(position_momentum > 0) needs the kept tokens' grid indices (PretrainStep.ids_keep).")
             raw = anatomy
-            anatomy = self.position_centred(anatomy, step.ids_keep, step.grid[0] * step.grid[1] * step.grid[2])
+            anatomy = self.position_centred(anatomy, step.ids_keep, step.num_positions)
             if self.position_weight > 0:
                 position_share = self.position_share(raw[step.view_present], step.ids_keep[step.view_present])
                 return self.loss_from(anatomy[i], anatomy[j]) + self.position_weight * position_share
