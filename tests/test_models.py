@@ -154,6 +154,42 @@ def test_latent_split_sequence_pool_reads_the_chosen_tokens():
         LatentSplit(8, sequence_pool="mean")
 
 
+def test_running_standardise_gives_unit_spread_in_any_mode_and_batch_size():
+    from prism.models.running_standardise import RunningStandardise
+
+    torch.manual_seed(0)
+    norm = RunningStandardise(3, momentum=0.9)
+    shared = torch.tensor([5.0, -2.0, 100.0])
+    for _ in range(50):
+        out = norm(shared + 0.01 * torch.randn(16, 3))
+    assert out.mean(0).abs().max() < 0.5 and 0.6 < float(out.std(0).mean()) < 1.6  # tiny differences, unit scale
+    assert norm.running_mean.sub(shared).abs().max() < 0.01
+    frozen = norm.running_mean.clone()
+    norm(torch.randn(1, 3))  # one volume: no statistics update, no error
+    norm.eval()
+    norm(torch.randn(8, 3))
+    assert torch.equal(norm.running_mean, frozen)
+    x = torch.randn(4, 3, requires_grad=True)
+    norm(x).sum().backward()
+    assert torch.allclose(x.grad, torch.rsqrt(norm.running_var + norm.eps).expand(4, 3))  # no gradient through the stats
+
+
+def test_latent_split_standardise_pooled_code_varies_between_nearly_equal_volumes():
+    from prism.models.latent_split import LatentSplit
+
+    torch.manual_seed(0)
+    plain = LatentSplit(8, anatomy_dim=4, sequence_dim=3)
+    standardised = LatentSplit(8, anatomy_dim=4, sequence_dim=3, standardise_pooled=True)
+    standardised.load_state_dict(plain.state_dict(), strict=False)
+    patches = torch.randn(1, 5, 8) * 3 + 0.01 * torch.randn(32, 5, 8)  # volumes that differ by 1 %
+    cls = torch.randn(1, 8) + 0.01 * torch.randn(32, 8)
+    _, code_plain = plain(patches, cls)
+    _, code_standardised = standardised(patches, cls)
+    assert float(code_standardised.std(0).mean()) > 10 * float(code_plain.std(0).mean())
+    assert {"pooled_norm.running_mean", "pooled_norm.running_var"} <= set(standardised.state_dict())
+    assert not any(k.startswith("pooled_norm") for k in plain.state_dict())  # older checkpoints still load
+
+
 def test_decoder_sequence_conditioning_add_reaches_every_position_directly():
     from prism.models.mae_decoder import MAEDecoder3d
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prism.models.running_standardise import RunningStandardise
+
 
 class LatentSplit(nn.Module):
     """``[N, K, E]`` tokens -> anatomy ``[N, K, anatomy_dim]`` and sequence code ``[N, sequence_dim]``.
@@ -22,11 +24,16 @@ class LatentSplit(nn.Module):
         sequence_pool: what the code is read from: ``cls`` (the class token, which attends to every
             patch, so the patch tokens the anatomy part projects need not carry the sequence) or
             ``cls_and_patches`` (the mean of the class token and the average patch token).
+        standardise_pooled: standardise the pooled vector per channel by running statistics before the
+            sequence projection (:class:`RunningStandardise`; without it the code barely varied between
+            volumes and the sequence head stayed at the class prior). False keeps checkpoints written
+            before it loadable.
     """
 
     POOLS = ("cls", "cls_and_patches")
 
-    def __init__(self, embed_dim: int, anatomy_dim: int = 192, sequence_dim: int = 64, sequence_pool: str = "cls_and_patches"):
+    def __init__(self, embed_dim: int, anatomy_dim: int = 192, sequence_dim: int = 64, sequence_pool: str = "cls_and_patches",
+                 standardise_pooled: bool = False):
         super().__init__()
         if anatomy_dim <= 0 or sequence_dim <= 0:
             raise ValueError(f"anatomy_dim and sequence_dim must be positive, got {anatomy_dim} and {sequence_dim}.")
@@ -34,9 +41,10 @@ class LatentSplit(nn.Module):
             raise ValueError(f"sequence_pool={sequence_pool!r} is not one of {self.POOLS} (model.sequence_pool).")
         self.anatomy_dim, self.sequence_dim, self.sequence_pool = anatomy_dim, sequence_dim, sequence_pool
         self.anatomy = nn.Linear(embed_dim, anatomy_dim)
+        self.pooled_norm = RunningStandardise(embed_dim) if standardise_pooled else nn.Identity()
         self.sequence = nn.Sequential(nn.Linear(embed_dim, sequence_dim), nn.GELU(), nn.Linear(sequence_dim, sequence_dim))
 
     def forward(self, patch_tokens: torch.Tensor, cls_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(anatomy [N, K, A], sequence_code [N, S])``."""
         pooled = cls_token if self.sequence_pool == "cls" else 0.5 * (cls_token + patch_tokens.mean(dim=1))
-        return self.anatomy(patch_tokens), self.sequence(pooled)
+        return self.anatomy(patch_tokens), self.sequence(self.pooled_norm(pooled))
