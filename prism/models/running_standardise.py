@@ -38,9 +38,10 @@ class RunningStandardise(nn.Module):
         if self.training and x.shape[0] > 1:
             with torch.no_grad():
                 batch = x.detach().float()
-                keep = min(self.momentum, float(self.updates) / float(self.updates + 1))
-                self.running_mean.mul_(keep).add_(batch.mean(0), alpha=1 - keep)
-                self.running_var.mul_(keep).add_(batch.var(0), alpha=1 - keep)
+                # a tensor, not a Python float: no device-to-host sync in the training step
+                keep = (self.updates / (self.updates + 1)).clamp(max=self.momentum)
+                self.running_mean.mul_(keep).add_((1 - keep) * batch.mean(0))
+                self.running_var.mul_(keep).add_((1 - keep) * batch.var(0))
                 self.updates += 1
         scale = torch.rsqrt(self.running_var + self.eps)
         return ((x.float() - self.running_mean) * scale).to(x.dtype)
