@@ -59,3 +59,29 @@ def test_bank_is_saved_and_sizes_are_checked():
     assert set(LinearLeakPenalty(anatomy_dim=8).state_dict()) == {"bank.vectors", "bank.labels", "bank.next_row"}
     with pytest.raises(ValueError, match="min_bank"):
         LinearLeakPenalty(bank_size=16, min_bank=32)
+
+
+def test_subject_centred_bank_sees_a_leak_that_drift_between_steps_hides():
+    """Every step shifts all features by a large random offset (the encoder moving between steps): a probe
+    fitted on raw bank vectors reads almost nothing, one fitted on within-subject residuals reads the leak."""
+    values = {}
+    for centred in (False, True):
+        generator = torch.Generator().manual_seed(0)
+        penalty = LinearLeakPenalty(anatomy_dim=8, bank_size=256, min_bank=64, subject_centred=centred)
+        for _ in range(40):
+            anatomy, sequence_id = _features(8, 0.2, generator)
+            value = penalty.compute(_step(anatomy + 50.0 * torch.randn(1, 1, 8, generator=generator), sequence_id))
+        values[centred] = float(value)
+    assert values[True] > 10 * values[False]
+    assert values[True] > 1e-3
+
+
+def test_subject_residuals_drop_subjects_with_one_known_view():
+    anatomy = torch.arange(4 * 3 * 2, dtype=torch.float).reshape(4, 3, 2)
+    sequence_id = torch.tensor([0, 1, 2, -1])  # subject 1 has one known view
+    step = _step(anatomy, sequence_id)
+    known = sequence_id >= 0
+    residuals, kept = LinearLeakPenalty.subject_residuals(step, anatomy.mean(1), known)
+    assert kept.tolist() == [True, True, False, False]
+    pooled = anatomy.mean(1)
+    assert torch.allclose(residuals[0], (pooled[0] - pooled[1]) / 2)

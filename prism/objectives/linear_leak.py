@@ -14,6 +14,15 @@ shrinking features as a whole. Pairs are needed; batches without them skip the t
 
 The bank is a buffer of the last ``bank_size`` pooled anatomy vectors (saved in checkpoints with
 the module; the term waits until it holds ``min_bank`` vectors of at least two sequence types).
+
+``subject_centred`` stores each view's pooled vector minus the mean of its subject's views in that
+step, so the probe is fitted on the within-subject residual only. Why, measured (separation.md,
+2026-12-07 late): on raw pooled vectors the bank spans ~64 training steps, and the features drift
+between steps by far more than the sequence moves them (within-subject variance is ~1% of the total
+on held-out subjects), so the probe fitted on the bank read almost nothing and the penalty sat at
+~1e-4 while a fresh probe on one frozen encoder read the sequence at 0.49 (its paired-difference
+value 0.27). The two views of a subject are encoded by the same weights in the same step, so their
+residual carries no drift and no subject: what is left is the sequence offset a held-out probe reads.
 """
 
 from __future__ import annotations
@@ -37,16 +46,19 @@ class LinearLeakPenalty(Objective):
         bank_size: how many recent pooled anatomy vectors the probe is fitted on.
         min_bank: vectors needed before the term starts.
         l2: ridge penalty (the separation benchmark's probe uses 1.0).
+        subject_centred: fit the probe on within-subject residuals (see the module docstring).
     """
 
     requires_pairs = True
 
-    def __init__(self, weight: float = 1.0, anatomy_dim: int = 192, bank_size: int = 512, min_bank: int = 128, l2: float = 1.0):
+    def __init__(self, weight: float = 1.0, anatomy_dim: int = 192, bank_size: int = 512, min_bank: int = 128, l2: float = 1.0,
+                 subject_centred: bool = False):
         super().__init__(weight)
         if not 2 <= min_bank <= bank_size:
             raise ValueError(f"LinearLeakPenalty: need 2 <= min_bank <= bank_size, got min_bank={min_bank}, bank_size={bank_size}.")
         self.l2 = float(l2)
         self.min_bank = min_bank
+        self.subject_centred = subject_centred
         self.bank = FeatureBank(bank_size, anatomy_dim)
 
     def probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -57,12 +69,25 @@ class LinearLeakPenalty(Objective):
         one_hot = F.one_hot(labels, NUM_SEQUENCE_TYPES)
         return ridge_fit(vectors, one_hot, self.l2)
 
+    @staticmethod
+    def subject_residuals(step: PretrainStep, pooled: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each view's pooled vector minus its subject's mean over known views; rows kept: subjects with >= 2."""
+        weights = step.per_subject(known).to(pooled.dtype)  # [B, V]
+        counts = weights.sum(dim=1, keepdim=True)  # [B, 1]
+        per_subject = step.per_subject(pooled.detach())  # [B, V, C]
+        means = (per_subject * weights.unsqueeze(-1)).sum(dim=1) / counts.clamp_min(1)
+        residuals = (per_subject - means.unsqueeze(1)).reshape_as(pooled)
+        return residuals, known & (counts >= 2).expand_as(weights).reshape(-1)
+
     def compute(self, step: PretrainStep) -> torch.Tensor | None:
         pooled = step.features["anatomy"].float().mean(dim=1)
         probe = self.probe()  # fitted before this batch enters the bank: the batch is held out
         known = step.view_present & (step.sequence_id >= 0)
+        bank_vectors = pooled
+        if self.subject_centred:
+            bank_vectors, known = self.subject_residuals(step, pooled, known)
         if bool(known.any()):
-            self.bank.add(pooled[known], step.sequence_id[known])
+            self.bank.add(bank_vectors[known], step.sequence_id[known])
         if probe is None:
             return None
         first, second = view_pairs(step)
