@@ -44,6 +44,9 @@ ARCHITECTURE_KEYS = ("preset", "img_size", "patch_size", "in_chans", "embed_dim"
 # prefixes a foreign or wrapped checkpoint may put before the encoder's own names
 ENCODER_PREFIXES = ("net.encoder.", "model.encoder.", "module.encoder.", "encoder.", "backbone.", "module.", "model.")
 ANATOMY_PREFIXES = ("net.split.anatomy.", "split.anatomy.", "anatomy.")
+# the latent split's sequence eraser (prism.models.sequence_eraser): folded into the anatomy projection
+ERASER_BASIS_KEYS = ("net.split.eraser.basis", "split.eraser.basis")
+ERASER_STATISTICS = ("class_means", "seen")  # its running statistics: not needed once folded
 RECOMPUTED_KEYS = ("pos_embed",)  # fixed sin-cos table: rebuilt for the grid, never loaded
 
 
@@ -153,7 +156,13 @@ def filter_encoder_state(state: dict[str, torch.Tensor], source: str) -> tuple[d
     report = LoadReport(source=source)
     encoder_state: dict[str, torch.Tensor] = {}
     anatomy_state: dict[str, torch.Tensor] = {}
+    eraser_basis = None
     for key, value in state.items():
+        if key in ERASER_BASIS_KEYS:
+            eraser_basis = value
+            continue
+        if key.rsplit(".", 1)[-1] in ERASER_STATISTICS and ".eraser." in key:
+            continue
         anatomy_key = _strip(key, ANATOMY_PREFIXES)
         if anatomy_key is not None and anatomy_key in ("weight", "bias"):
             anatomy_state[anatomy_key] = value
@@ -166,7 +175,19 @@ def filter_encoder_state(state: dict[str, torch.Tensor], source: str) -> tuple[d
             encoder_state[name] = value
         else:
             report.ignored.append(key)
+    if eraser_basis is not None and "weight" in anatomy_state:
+        anatomy_state = fold_eraser(anatomy_state, eraser_basis)
+        log.info("Folded the sequence eraser (%d directions) into the anatomy projection.", int((eraser_basis.norm(dim=1) > 0).sum()))
     return encoder_state, anatomy_state, report
+
+
+def fold_eraser(anatomy_state: dict[str, torch.Tensor], basis: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Anatomy ``Linear`` weights with the eraser's projection ``P = I - B^T B`` applied after it, as one ``Linear``."""
+    projection = torch.eye(basis.shape[1], dtype=torch.float64) - basis.double().T @ basis.double()
+    folded = {"weight": (projection @ anatomy_state["weight"].double()).to(anatomy_state["weight"].dtype)}
+    if "bias" in anatomy_state:
+        folded["bias"] = (anatomy_state["bias"].double() @ projection).to(anatomy_state["bias"].dtype)
+    return folded
 
 
 def _strip(key: str, prefixes: tuple[str, ...]) -> str | None:

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from prism.models.running_standardise import RunningStandardise
+from prism.models.sequence_eraser import SequenceEraser
+from prism.sequences import NUM_SEQUENCE_TYPES
 
 
 class LatentSplit(nn.Module):
@@ -28,12 +30,15 @@ class LatentSplit(nn.Module):
             sequence projection (:class:`RunningStandardise`; without it the code barely varied between
             volumes and the sequence head stayed at the class prior). False keeps checkpoints written
             before it loadable.
+        erase_sequence: project anatomy tokens off the directions sequences shift them along
+            (:class:`SequenceEraser`; its statistics are updated by the pretraining module). False keeps
+            checkpoints written before it loadable.
     """
 
     POOLS = ("cls", "cls_and_patches")
 
     def __init__(self, embed_dim: int, anatomy_dim: int = 192, sequence_dim: int = 64, sequence_pool: str = "cls_and_patches",
-                 standardise_pooled: bool = False):
+                 standardise_pooled: bool = False, erase_sequence: bool = False):
         super().__init__()
         if anatomy_dim <= 0 or sequence_dim <= 0:
             raise ValueError(f"anatomy_dim and sequence_dim must be positive, got {anatomy_dim} and {sequence_dim}.")
@@ -42,9 +47,13 @@ class LatentSplit(nn.Module):
         self.anatomy_dim, self.sequence_dim, self.sequence_pool = anatomy_dim, sequence_dim, sequence_pool
         self.anatomy = nn.Linear(embed_dim, anatomy_dim)
         self.pooled_norm = RunningStandardise(embed_dim) if standardise_pooled else nn.Identity()
+        self.eraser = SequenceEraser(anatomy_dim, NUM_SEQUENCE_TYPES) if erase_sequence else None
         self.sequence = nn.Sequential(nn.Linear(embed_dim, sequence_dim), nn.GELU(), nn.Linear(sequence_dim, sequence_dim))
 
     def forward(self, patch_tokens: torch.Tensor, cls_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(anatomy [N, K, A], sequence_code [N, S])``."""
         pooled = cls_token if self.sequence_pool == "cls" else 0.5 * (cls_token + patch_tokens.mean(dim=1))
-        return self.anatomy(patch_tokens), self.sequence(self.pooled_norm(pooled))
+        anatomy = self.anatomy(patch_tokens)
+        if self.eraser is not None:
+            anatomy = self.eraser(anatomy)
+        return anatomy, self.sequence(self.pooled_norm(pooled))

@@ -23,6 +23,7 @@ class PretrainNetwork(nn.Module):
         sequence_pool: where the sequence code is read from (see :class:`LatentSplit`).
         sequence_conditioning: how the decoder reads the code (see :class:`MAEDecoder3d`).
         standardise_pooled: running per-channel standardisation before the sequence projection (see :class:`LatentSplit`).
+        erase_sequence: linear erasure of the sequence from anatomy tokens (see :class:`LatentSplit`).
     """
 
     def __init__(
@@ -36,10 +37,11 @@ class PretrainNetwork(nn.Module):
         sequence_pool: str = "cls_and_patches",
         sequence_conditioning: str = "token",
         standardise_pooled: bool = False,
+        erase_sequence: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
-        self.split = LatentSplit(encoder.embed_dim, anatomy_dim, sequence_dim, sequence_pool, standardise_pooled)
+        self.split = LatentSplit(encoder.embed_dim, anatomy_dim, sequence_dim, sequence_pool, standardise_pooled, erase_sequence)
         patch_voxels = int(torch.tensor(encoder.patch_size).prod()) * encoder.in_chans
         self.decoder = MAEDecoder3d(
             anatomy_dim, sequence_dim, encoder.grid, patch_voxels, decoder_dim, decoder_depth, decoder_heads,

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from prism.evaluation.probes import ridge_fit, ridge_predict
+from prism.models.sequence_eraser import within_subject_residuals
 from prism.objectives.base import Objective, PretrainStep
 from prism.objectives.cross_sequence_invariance import view_pairs
 from prism.objectives.feature_bank import FeatureBank
@@ -69,23 +70,13 @@ class LinearLeakPenalty(Objective):
         one_hot = F.one_hot(labels, NUM_SEQUENCE_TYPES)
         return ridge_fit(vectors, one_hot, self.l2)
 
-    @staticmethod
-    def subject_residuals(step: PretrainStep, pooled: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each view's pooled vector minus its subject's mean over known views; rows kept: subjects with >= 2."""
-        weights = step.per_subject(known).to(pooled.dtype)  # [B, V]
-        counts = weights.sum(dim=1, keepdim=True)  # [B, 1]
-        per_subject = step.per_subject(pooled.detach())  # [B, V, C]
-        means = (per_subject * weights.unsqueeze(-1)).sum(dim=1) / counts.clamp_min(1)
-        residuals = (per_subject - means.unsqueeze(1)).reshape_as(pooled)
-        return residuals, known & (counts >= 2).expand_as(weights).reshape(-1)
-
     def compute(self, step: PretrainStep) -> torch.Tensor | None:
         pooled = step.features["anatomy"].float().mean(dim=1)
         probe = self.probe()  # fitted before this batch enters the bank: the batch is held out
         known = step.view_present & (step.sequence_id >= 0)
         bank_vectors = pooled
         if self.subject_centred:
-            bank_vectors, known = self.subject_residuals(step, pooled, known)
+            bank_vectors, known = within_subject_residuals(pooled.detach(), step.num_views, known)
         if bool(known.any()):
             self.bank.add(bank_vectors[known], step.sequence_id[known])
         if probe is None:

@@ -21,6 +21,7 @@ from torch import nn
 from prism.models.masking import random_masking
 from prism.models.patches import patchify
 from prism.models.pretrain_network import PretrainNetwork
+from prism.models.sequence_eraser import within_subject_residuals
 from prism.objectives.base import Objective, PretrainStep
 from prism.sequences import ACQUISITION_PARAMETERS, SEQUENCE_TYPES
 from prism.training.optim import OptimizerFactory, SchedulerFactory, param_groups_weight_decay, scaled_learning_rate
@@ -126,8 +127,25 @@ class PretrainModule(L.LightningModule):
         return total, step
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        total, _ = self._shared_step(batch, "train")
+        total, step = self._shared_step(batch, "train")
+        self._eraser_batch = self.eraser_statistics(step)
         return total
+
+    def eraser_statistics(self, step: PretrainStep) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Within-subject residuals of the un-erased pooled anatomy and their sequence types, for the eraser."""
+        if self.net.split.eraser is None:
+            return None
+        with torch.no_grad():  # the projection commutes with the token mean: project the mean patch token
+            pooled = self.net.split.anatomy(step.features["patch"].detach().mean(dim=1)).float()
+            known = step.view_present & (step.sequence_id >= 0)
+            residuals, kept = within_subject_residuals(pooled, step.num_views, known)
+        return residuals[kept], step.sequence_id[kept]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # after backward: the forward's projection must not change under autograd
+        statistics, self._eraser_batch = getattr(self, "_eraser_batch", None), None
+        if statistics is not None:
+            self.net.split.eraser.update(*statistics)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         total, step = self._shared_step(batch, "val")
