@@ -15,6 +15,10 @@ of their span (at most one direction per sequence type; concept erasure in the s
 through it and the fine-tuning loader folds it into the anatomy projection
 (``prism.finetune.checkpoint.fold_eraser``). The statistics
 update only when the pretraining module calls :meth:`update` (train steps with pairs); eval is deterministic.
+
+Measured in training (``model.erase_sequence=true``, 2 seeds x 900 CPU steps, separation.md 2026-12-07 late):
+the leak did not fall (0.520 / 0.477 vs 0.493 / 0.465 without it) and the anatomy agreement got worse, so it
+is off by default: with the offsets erased, reconstruction and swap push the sequence into new directions.
 """
 
 from __future__ import annotations
