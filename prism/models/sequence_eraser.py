@@ -34,7 +34,7 @@ class SequenceEraser(nn.Module):
         channels: A, the anatomy width.
         num_sequence_types: rows of the running class-mean table.
         momentum: weight of the old class mean per update (a type seen for the first time takes the batch mean).
-        relative_tolerance: directions whose singular value is below this fraction of the largest are kept (noise).
+        relative_tolerance: directions whose singular value is below this fraction of the largest are not erased (noise).
     """
 
     def __init__(self, channels: int, num_sequence_types: int, momentum: float = 0.99, relative_tolerance: float = 1e-3):
@@ -49,11 +49,6 @@ class SequenceEraser(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         basis = self.basis.to(x.dtype)
         return x - (x @ basis.T) @ basis
-
-    def projection(self) -> torch.Tensor:
-        """The ``[A, A]`` matrix the forward pass applies (on row vectors: ``x @ P``)."""
-        eye = torch.eye(self.basis.shape[1], dtype=self.basis.dtype, device=self.basis.device)
-        return eye - self.basis.T @ self.basis
 
     @torch.no_grad()
     def update(self, residuals: torch.Tensor, sequence_id: torch.Tensor) -> None:

@@ -65,6 +65,7 @@ class PretrainModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.mask_ratio, self.base_lr, self.reference_batch, self.weight_decay = mask_ratio, base_lr, reference_batch, weight_decay
         self.run_config: dict[str, Any] | None = None  # resolved Hydra config, set by the run; stored in checkpoints
+        self._eraser_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's eraser statistics, applied after backward
         self.save_hyperparameters(ignore=["net", "objectives", "optimizer", "scheduler"])
 
     # ----------------------------------------------------------------- forward
@@ -143,7 +144,7 @@ class PretrainModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after backward: the forward's projection must not change under autograd
-        statistics, self._eraser_batch = getattr(self, "_eraser_batch", None), None
+        statistics, self._eraser_batch = self._eraser_batch, None
         if statistics is not None:
             self.net.split.eraser.update(*statistics)
 
