@@ -53,7 +53,7 @@ def test_pretraining_updates_the_eraser_and_the_loader_folds_it(tmp_path):
     from prism.evaluation.cli import load_pretrain_network
     from prism.finetune.checkpoint import load_backbone
     from prism.training.run import build, train
-    from tests.test_finetune_core import SIZE, compose_cfg
+    from test_finetune_core import SIZE, compose_cfg
 
     cfg = compose_cfg(["+debug=fast_dev_run", "logger=csv", "trainer.fast_dev_run=false", "trainer.max_steps=2",
                        "+trainer.limit_val_batches=0", "callbacks.last_checkpoint.every_n_train_steps=2",
