@@ -20,6 +20,28 @@ def wandb_has_credentials() -> bool:
         return False
 
 
+# what wandb accepts for WANDB_MODE (wandb.sdk.wandb_settings.Settings.mode)
+WANDB_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")
+
+
+def wandb_offline_from_environment() -> bool:
+    """Offline unless ``WANDB_MODE`` asks for a networked mode, or is unset and credentials exist.
+
+    An empty ``WANDB_MODE=`` counts as unset and is removed (wandb itself fails on it); a value wandb
+    does not know is refused here, with the accepted ones, instead of deep inside wandb.
+    """
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and not mode.strip():
+        del os.environ["WANDB_MODE"]
+        mode = None
+    if mode is None:
+        return not wandb_has_credentials()
+    if mode.strip().lower() not in WANDB_MODES:
+        raise ValueError(f"WANDB_MODE={mode!r} is not a wandb mode; use one of {', '.join(WANDB_MODES)} or unset it.")
+    os.environ["WANDB_MODE"] = mode.strip().lower()
+    return os.environ["WANDB_MODE"] in {"offline", "disabled", "dryrun"}
+
+
 def _process_rank() -> int:
     for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         if os.environ.get(variable, "").isdigit():
@@ -32,12 +54,11 @@ def wandb_logger(save_dir: str, project: str = "prism", name: str | None = None,
 
     The id is stored in ``save_dir/wandb_run_id`` on first launch and reused afterwards, so a
     resumed or requeued run continues the same wandb run instead of starting a new one.
-    ``WANDB_MODE`` in the environment, when set, wins over the automatic choice.
+    ``WANDB_MODE`` in the environment, when set, wins over the automatic choice
+    (:func:`wandb_offline_from_environment`).
     """
     if offline is None:
-        offline = os.environ.get("WANDB_MODE", "").lower() in {"offline", "disabled", "dryrun"} or (
-            "WANDB_MODE" not in os.environ and not wandb_has_credentials()
-        )
+        offline = wandb_offline_from_environment()
     os.environ.setdefault("WANDB_SILENT", "true")
     id_file = Path(save_dir) / "wandb_run_id"
     id_file.parent.mkdir(parents=True, exist_ok=True)
