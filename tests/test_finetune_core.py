@@ -123,8 +123,9 @@ def test_foreign_state_dict_prefixes_are_stripped_and_reported(pretrained, tmp_p
         (lambda sd: sd | {"patch_embed.proj.weight": torch.zeros(192, 3 * 16 * 16)}, "another architecture.*patch_embed.proj.weight"),
         (lambda sd: {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 64)}, "no encoder weights"),
         (lambda sd: {"state_dict": sd, "hyper": functools.partial(print)}, "pickled objects other than tensors"),
+        (lambda sd: sd | {"split.sequence_offset.weight": torch.zeros(8, 4)}, "pretrained with model.sequence_offset"),
     ],
-    ids=["truncated", "other-architecture", "not-an-encoder", "pickled-code"],
+    ids=["truncated", "other-architecture", "not-an-encoder", "pickled-code", "sequence-offset"],
 )
 def test_bad_checkpoints_are_named(pretrained, tmp_path, make, message):
     encoder = load_backbone(pretrained).encoder

@@ -203,3 +203,30 @@ def test_decoder_sequence_conditioning_add_reaches_every_position_directly():
     assert not torch.allclose(by_add(anatomy, code, None, (2, 2, 2)), by_add(anatomy, other_code, None, (2, 2, 2)))
     with pytest.raises(ValueError, match="sequence_conditioning"):
         MAEDecoder3d(16, 4, (2, 2, 2), 8, embed_dim=16, depth=0, num_heads=4, sequence_conditioning="film")
+
+
+def test_latent_split_sequence_offset_starts_at_zero_and_learns_a_per_volume_shift():
+    from prism.models.latent_split import LatentSplit
+
+    torch.manual_seed(0)
+    plain = LatentSplit(8, anatomy_dim=4, sequence_dim=3)
+    offset = LatentSplit(8, anatomy_dim=4, sequence_dim=3, sequence_offset="attached")
+    offset.load_state_dict(plain.state_dict(), strict=False)
+    patches, cls = torch.randn(2, 5, 8), torch.randn(2, 8)
+    assert torch.equal(plain(patches, cls)[0], offset(patches, cls)[0])  # zero init: old behaviour
+    with torch.no_grad():
+        offset.sequence_offset.weight.normal_()
+    anatomy, code = offset(patches, cls)
+    shift = plain(patches, cls)[0] - anatomy  # one vector per volume, the same at every token
+    assert torch.allclose(shift, (code @ offset.sequence_offset.weight.T).unsqueeze(1).expand_as(shift), atol=1e-6)
+    anatomy.sum().backward()
+    assert offset.sequence_offset.weight.grad.abs().sum() > 0 and offset.sequence[0].weight.grad.abs().sum() > 0
+    assert not any(k.startswith("sequence_offset") for k in plain.state_dict())  # older checkpoints still load
+    detached = LatentSplit(8, anatomy_dim=4, sequence_dim=3, sequence_offset="detached")
+    detached.load_state_dict(offset.state_dict())
+    anatomy_detached, _ = detached(patches, cls)
+    assert torch.allclose(anatomy_detached, offset(patches, cls)[0])  # same value, different gradient
+    anatomy_detached.sum().backward()
+    assert detached.sequence_offset.weight.grad.abs().sum() > 0 and detached.sequence[0].weight.grad is None
+    with pytest.raises(ValueError, match="sequence_offset"):
+        LatentSplit(8, sequence_offset="on")

@@ -47,6 +47,8 @@ ANATOMY_PREFIXES = ("net.split.anatomy.", "split.anatomy.", "anatomy.")
 # the latent split's sequence eraser (prism.models.sequence_eraser): folded into the anatomy projection
 ERASER_BASIS_KEYS = ("net.split.eraser.basis", "split.eraser.basis")
 ERASER_STATISTICS = ("class_means", "seen")  # its running statistics: not needed once folded
+# anatomy = W x - U code (model.sequence_offset): depends on the sequence branch, which fine-tuning does not build
+SEQUENCE_OFFSET_KEYS = ("net.split.sequence_offset.weight", "split.sequence_offset.weight")
 RECOMPUTED_KEYS = ("pos_embed",)  # fixed sin-cos table: rebuilt for the grid, never loaded
 
 
@@ -158,6 +160,12 @@ def filter_encoder_state(state: dict[str, torch.Tensor], source: str) -> tuple[d
     anatomy_state: dict[str, torch.Tensor] = {}
     eraser_basis = None
     for key, value in state.items():
+        if key in SEQUENCE_OFFSET_KEYS:
+            raise CheckpointError(
+                f"{source} was pretrained with model.sequence_offset (anatomy tokens minus a map of the sequence code); "
+                "fine-tuning builds the anatomy projection alone and would give other features. "
+                "Fine-tune a checkpoint pretrained with model.sequence_offset=off."
+            )
         if key in ERASER_BASIS_KEYS:
             eraser_basis = value
             continue

@@ -24,6 +24,7 @@ class PretrainNetwork(nn.Module):
         sequence_conditioning: how the decoder reads the code (see :class:`MAEDecoder3d`).
         standardise_pooled: running per-channel standardisation before the sequence projection (see :class:`LatentSplit`).
         erase_sequence: linear erasure of the sequence from anatomy tokens (see :class:`LatentSplit`).
+        sequence_offset: anatomy tokens minus a linear map of the sequence code (see :class:`LatentSplit`).
     """
 
     def __init__(
@@ -38,10 +39,12 @@ class PretrainNetwork(nn.Module):
         sequence_conditioning: str = "token",
         standardise_pooled: bool = False,
         erase_sequence: bool = False,
+        sequence_offset: str = "off",
     ):
         super().__init__()
         self.encoder = encoder
-        self.split = LatentSplit(encoder.embed_dim, anatomy_dim, sequence_dim, sequence_pool, standardise_pooled, erase_sequence)
+        self.split = LatentSplit(encoder.embed_dim, anatomy_dim, sequence_dim, sequence_pool, standardise_pooled, erase_sequence,
+                                 sequence_offset)
         patch_voxels = int(torch.tensor(encoder.patch_size).prod()) * encoder.in_chans
         self.decoder = MAEDecoder3d(
             anatomy_dim, sequence_dim, encoder.grid, patch_voxels, decoder_dim, decoder_depth, decoder_heads,
