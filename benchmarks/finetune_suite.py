@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--tasks", nargs="+", help="run only these tasks of the suite")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the suite's seeds (as prism benchmark --seeds)")
+    parser.add_argument("--inits", nargs="+", help="run only these initialisations of the suite (as prism benchmark --inits)")
     args = parser.parse_args(argv)
 
     import torch
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         suite.seeds = list(args.seeds)
     load_before, started = os.getloadavg(), time.time()
-    records, failures = run_suite(suite, Path(args.out), only_tasks=args.tasks)
+    records, failures = run_suite(suite, Path(args.out), only_tasks=args.tasks, only_inits=args.inits)
     load_after, minutes = os.getloadavg(), (time.time() - started) / 60
     table = (Path(args.out) / "benchmark.md").read_text()
     suite_path = Path(args.suite).resolve()

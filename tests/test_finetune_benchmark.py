@@ -94,6 +94,11 @@ def test_suite_plans_tasks_x_seeds_x_inits_with_checkpoints_filled_in(tmp_path):
     tasks = {"tissue_5": {"experiment": "finetune_seg"}, "frozen": {"experiment": "finetune_seg", "inits": ["pretrained_full"]}}
     subset = Suite.load(write_suite(tmp_path / "s.yaml", tasks=tasks), {"pretrained_full": str(ckpt)})
     assert [(r.task, r.init) for r in subset.runs(["frozen"])] == [("frozen", "pretrained_full")] * 2
+    assert [(r.task, r.seed, r.init) for r in suite.runs(only_inits=["scratch"])] == [("tissue_5", 0, "scratch"), ("tissue_5", 1, "scratch")]
+    with pytest.raises(ValueError, match=r"--inits \['imagenet'\] are not in suite toy; it has \['scratch', 'pretrained_full'\]"):
+        suite.runs(only_inits=["imagenet"])
+    with pytest.raises(ValueError, match=r"--tasks \['tissue'\] are not in suite toy"):
+        suite.runs(["tissue"])
 
 
 @pytest.mark.parametrize(
@@ -137,6 +142,21 @@ def test_finished_runs_are_skipped_and_failures_listed_without_losing_the_rest(t
     assert executed == [1]  # seed 0 finished: skipped
     table = (tmp_path / "out" / "benchmark.md").read_text()
     assert "0.500 (n=1)" in table
+    assert "1 of 2 planned runs finished" in table
+
+
+def test_run_suite_runs_only_the_chosen_inits(tmp_path, monkeypatch):
+    suite = Suite.load(write_suite(tmp_path / "s.yaml"), {"pretrained_full": str(tmp_path / "s.yaml")})
+    executed = []
+
+    def fake_execute(run, output_dir, config_dir):
+        executed.append((run.init, run.seed))
+        return {"task": run.task, "init": run.init, "seed": run.seed, "seconds": 1.0, "metrics": {"T2w": {"dice": 0.5}}}
+
+    monkeypatch.setattr(benchmark, "execute_run", fake_execute)
+    run_suite(suite, tmp_path / "out", only_inits=["pretrained_full"])
+    assert executed == [("pretrained_full", 0), ("pretrained_full", 1)]
+    assert "2 of 2 planned runs finished" in (tmp_path / "out" / "benchmark.md").read_text()
 
 
 def test_built_in_suites_parse_and_the_cli_registers(tmp_path):
@@ -149,7 +169,7 @@ def test_built_in_suites_parse_and_the_cli_registers(tmp_path):
         assert all(run.experiment.startswith("finetune_") for run in suite.runs()), path.name
     parser = argparse.ArgumentParser()
     benchmark.add_benchmark_command(parser.add_subparsers())
-    args = parser.parse_args(["benchmark", "--suite", "s.yaml", "--out", "o", "--checkpoint", "a=b"])
-    assert args.func is benchmark.benchmark_command and args.checkpoint == ["a=b"]
+    args = parser.parse_args(["benchmark", "--suite", "s.yaml", "--out", "o", "--checkpoint", "a=b", "--inits", "scratch"])
+    assert args.func is benchmark.benchmark_command and args.checkpoint == ["a=b"] and args.inits == ["scratch"]
     with pytest.raises(ValueError, match="use NAME=PATH"):
         benchmark.parse_checkpoints(["pretrained_full"])

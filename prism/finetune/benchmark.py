@@ -120,18 +120,23 @@ class Suite:
             description=str(raw.get("description", "")),
         )
 
-    def runs(self, only_tasks: list[str] | None = None) -> list[BenchmarkRun]:
-        """Every run, task by task, seed by seed, init by init (so a stopped benchmark has whole seeds)."""
-        if only_tasks:
-            unknown = set(only_tasks) - set(self.tasks)
+    def runs(self, only_tasks: list[str] | None = None, only_inits: list[str] | None = None) -> list[BenchmarkRun]:
+        """Every run, task by task, seed by seed, init by init (so a stopped benchmark has whole seeds).
+
+        ``only_tasks`` / ``only_inits`` restrict the plan (``--tasks`` / ``--inits``); names not in the suite raise.
+        """
+        for flag, chosen, known in (("--tasks", only_tasks, self.tasks), ("--inits", only_inits, self.inits)):
+            unknown = set(chosen or ()) - set(known)
             if unknown:
-                raise ValueError(f"--tasks {sorted(unknown)} are not in suite {self.name}; it has {list(self.tasks)}.")
+                raise ValueError(f"{flag} {sorted(unknown)} are not in suite {self.name}; it has {list(known)}.")
         planned = []
         for task, entry in self.tasks.items():
             if only_tasks and task not in only_tasks:
                 continue
             for seed in self.seeds:
                 for init in entry["inits"]:
+                    if only_inits and init not in only_inits:
+                        continue
                     overrides = (*self.overrides, *entry["overrides"], *self.inits[init], f"seed={seed}")
                     planned.append(BenchmarkRun(task, init, seed, entry["experiment"], tuple(overrides)))
         return planned
@@ -211,11 +216,17 @@ def results_of(record: dict[str, Any]) -> list[RunResult]:
 
 def run_suite(
     suite: Suite, out: Path, config_dir: Path = CONFIG_DIR, only_tasks: list[str] | None = None, table_only: bool = False,
+    only_inits: list[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run (or skip, when finished) every run of ``suite``, then write the table; returns (records, failures)."""
+    """Run (or skip, when finished) every planned run of ``suite``, then write the table; returns (records, failures).
+
+    The table holds the planned runs only (``--seeds``, ``--tasks``, ``--inits``); runs of other seeds already
+    in ``out`` are not read, so list every seed to aggregate (finished runs are skipped, not re-run).
+    """
     out = Path(out)
     records, failures = [], []
-    for run in suite.runs(only_tasks):
+    planned = suite.runs(only_tasks, only_inits)
+    for run in planned:
         run_dir = out / run.relative_dir
         result = run_dir / RESULT_FILE
         if result.is_file():
@@ -230,12 +241,12 @@ def run_suite(
             first_line = (str(err).strip().splitlines() or [""])[0]
             failures.append(f"{run.relative_dir}: {type(err).__name__}: {first_line}")
             log.exception("benchmark run %s failed", run.relative_dir)
-        write_tables(suite, out, records, failures)
-    write_tables(suite, out, records, failures)
+        write_tables(suite, out, records, failures, len(planned))
+    write_tables(suite, out, records, failures, len(planned))
     return records, failures
 
 
-def write_tables(suite: Suite, out: Path, records: list[dict[str, Any]], failures: list[str]) -> None:
+def write_tables(suite: Suite, out: Path, records: list[dict[str, Any]], failures: list[str], planned: int | None = None) -> None:
     """``benchmark.csv`` (every cell, every metric) and ``benchmark.md`` (the suite's metrics)."""
     cells = summarise(r for record in records for r in results_of(record))
     write_csv(cells, out / "benchmark.csv")
@@ -243,7 +254,7 @@ def write_tables(suite: Suite, out: Path, records: list[dict[str, Any]], failure
     lines = [
         f"# Benchmark suite `{suite.name}`", "",
         suite.description.strip(), "",
-        f"{len(records)} of {len(suite.runs())} planned runs finished (tasks x inits x seeds {list(suite.seeds)}), "
+        f"{len(records)} of {len(suite.runs()) if planned is None else planned} planned runs finished (tasks x inits x seeds {list(suite.seeds)}), "
         f"{seconds / 60:.1f} min of run time in total.", "",
         markdown_table(cells, list(suite.inits), suite.metrics),
     ]
@@ -267,7 +278,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
     suite = Suite.load(args.suite, parse_checkpoints(args.checkpoint))
     if args.seeds:
         suite.seeds = list(args.seeds)
-    records, failures = run_suite(suite, Path(args.out), Path(args.config_dir), args.tasks, args.table_only)
+    records, failures = run_suite(suite, Path(args.out), Path(args.config_dir), args.tasks, args.table_only, args.inits)
     print((Path(args.out) / "benchmark.md").read_text())
     return 1 if failures else 0
 
@@ -284,6 +295,7 @@ def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
                         help="fill the suite's checkpoints, e.g. pretrained_full=last.ckpt (repeat per checkpoint)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the suite's seeds")
     parser.add_argument("--tasks", nargs="+", help="run only these tasks of the suite")
+    parser.add_argument("--inits", nargs="+", help="run only these initialisations of the suite, e.g. scratch pretrained_full")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     parser.add_argument("--config-dir", default=str(CONFIG_DIR), help="Hydra config folder (default: the repository's conf/)")
     parser.set_defaults(func=benchmark_command)
