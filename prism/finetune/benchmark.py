@@ -246,7 +246,7 @@ def run_suite(
     return records, failures
 
 
-def write_tables(suite: Suite, out: Path, records: list[dict[str, Any]], failures: list[str], planned: int | None = None) -> None:
+def write_tables(suite: Suite, out: Path, records: list[dict[str, Any]], failures: list[str], planned: int) -> None:
     """``benchmark.csv`` (every cell, every metric) and ``benchmark.md`` (the suite's metrics)."""
     cells = summarise(r for record in records for r in results_of(record))
     write_csv(cells, out / "benchmark.csv")
@@ -254,7 +254,7 @@ def write_tables(suite: Suite, out: Path, records: list[dict[str, Any]], failure
     lines = [
         f"# Benchmark suite `{suite.name}`", "",
         suite.description.strip(), "",
-        f"{len(records)} of {len(suite.runs()) if planned is None else planned} planned runs finished (tasks x inits x seeds {list(suite.seeds)}), "
+        f"{len(records)} of {planned} planned runs finished (tasks x inits x seeds {list(suite.seeds)}), "
         f"{seconds / 60:.1f} min of run time in total.", "",
         markdown_table(cells, list(suite.inits), suite.metrics),
     ]

@@ -30,16 +30,15 @@ def wandb_offline_from_environment() -> bool:
     An empty ``WANDB_MODE=`` counts as unset and is removed (wandb itself fails on it); a value wandb
     does not know is refused here, with the accepted ones, instead of deep inside wandb.
     """
-    mode = os.environ.get("WANDB_MODE")
-    if mode is not None and not mode.strip():
-        del os.environ["WANDB_MODE"]
-        mode = None
-    if mode is None:
+    given = os.environ.get("WANDB_MODE")
+    mode = (given or "").strip().lower()
+    if not mode:
+        os.environ.pop("WANDB_MODE", None)
         return not wandb_has_credentials()
-    if mode.strip().lower() not in WANDB_MODES:
-        raise ValueError(f"WANDB_MODE={mode!r} is not a wandb mode; use one of {', '.join(WANDB_MODES)} or unset it.")
-    os.environ["WANDB_MODE"] = mode.strip().lower()
-    return os.environ["WANDB_MODE"] in {"offline", "disabled", "dryrun"}
+    if mode not in WANDB_MODES:
+        raise ValueError(f"WANDB_MODE={given!r} is not a wandb mode; use one of {', '.join(WANDB_MODES)} or unset it.")
+    os.environ["WANDB_MODE"] = mode
+    return mode in {"offline", "disabled", "dryrun"}
 
 
 def _process_rank() -> int:
