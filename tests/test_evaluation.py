@@ -79,9 +79,10 @@ def test_benchmark_table_shows_the_spread_and_picks_the_winner_on_its_mean():
     assert page.table(reports).splitlines()[-1].endswith("| a |")
 
 
-def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"c\x87~e-\xd0\x01w" + bytes(range(256)) * 8], ids=["text", "random-bytes"])
+def test_corrupt_checkpoint_gets_a_clear_error(tmp_path, content):
     from prism.training.checkpoint_io import safe_torch_load
 
-    (tmp_path / "bad.ckpt").write_text("not a checkpoint")
+    (tmp_path / "bad.ckpt").write_bytes(content)
     with pytest.raises(ValueError, match="cannot be read with torch.load\\(weights_only=True\\).*corrupt or truncated"):
         safe_torch_load(tmp_path / "bad.ckpt")

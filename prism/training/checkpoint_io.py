@@ -41,7 +41,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise FileNotFoundError(f"Checkpoint not found: {path}. Check the path (ckpt_path=... or finetune.checkpoint=...).")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, UnicodeDecodeError) as err:  # random bytes can decode as a pickled string
         raise ValueError(
             f"{path} cannot be read with torch.load(weights_only=True) ({type(err).__name__}): it holds pickled objects "
             f"other than tensors (prism never runs pickled code) or is corrupt or truncated (an interrupted copy?). "
